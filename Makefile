@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned to the CPU build that lies on this machine's disk; an unpinned torch would pull CUDA.
+TORCH := torch==2.13.0
+
+.PHONY: install train test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]" $(TORCH)
+	touch $(STAMP)
+
+train: install
+	$(BIN)/rlrun $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check rlrun tests bench
+
+bench: install
+	$(BIN)/python bench/run_bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs multirun

@@ -1,0 +1,199 @@
+"""DQN and Double DQN.
+
+Mnih et al., "Human-level control through deep reinforcement learning", Nature 2015 (DQN);
+van Hasselt, Guez & Silver, "Deep Reinforcement Learning with Double Q-learning", AAAI 2016 (Double DQN).
+
+Transitions go to a replay buffer; every `train_freq` vector steps the Q-network takes `gradient_steps`
+steps on the Huber (or MSE) TD error against a target network that is copied every
+`target_update_interval` env steps (or Polyak-averaged with `tau` < 1). Exploration is ε-greedy with ε
+decaying linearly over `exploration_fraction` of the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlrun.algos.protocol import AgentContext
+from rlrun.buffers import ReplayBuffer
+from rlrun.envs import EnvRunner
+from rlrun.networks import MLP, action_dim, obs_dim
+
+
+class TDLoss(str, Enum):
+    huber = "huber"
+    mse = "mse"
+
+
+@dataclass
+class DQNConfig:
+    name: str = "dqn"
+    """Registry name (dqn or double_dqn)."""
+    num_envs: int = 1
+    """Parallel envs collecting transitions."""
+    learning_rate: float = 6.3e-4
+    """Adam step size."""
+    buffer_size: int = 50_000
+    """Replay capacity in transitions."""
+    batch_size: int = 128
+    """Transitions per gradient step."""
+    learning_starts: int = 0
+    """Env steps of pure collection before the first gradient step."""
+    gamma: float = 0.99
+    """Discount factor."""
+    train_freq: int = 4
+    """Vector steps between training phases."""
+    gradient_steps: int = -1
+    """Gradient steps per training phase; -1 = as many as env steps collected (train_freq * num_envs)."""
+    target_update_interval: int = 250
+    """Env steps between target-network updates."""
+    tau: float = 1.0
+    """Target update coefficient: 1.0 = hard copy, < 1 = Polyak averaging."""
+    exploration_fraction: float = 0.12
+    """Fraction of total_steps over which ε decays linearly."""
+    exploration_initial_eps: float = 1.0
+    """ε at step 0."""
+    exploration_final_eps: float = 0.1
+    """ε after the decay."""
+    double: bool = False
+    """Double DQN: the online network picks the next action, the target network values it."""
+    loss: TDLoss = TDLoss.huber
+    """TD-error loss."""
+    max_grad_norm: float = 10.0
+    """Gradient-norm clip; 0 disables."""
+
+
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_values: torch.Tensor,
+              gamma: float) -> torch.Tensor:
+    """r + γ(1 − terminated)·V(s'). Truncated transitions have terminated=0 and bootstrap from s'."""
+    return rewards + gamma * (1.0 - terminated) * next_values
+
+
+def next_state_values(target_q_next: torch.Tensor, online_q_next: torch.Tensor | None) -> torch.Tensor:
+    """max_a Q_target(s', a) for DQN; Q_target(s', argmax_a Q_online(s', a)) for Double DQN."""
+    if online_q_next is None:
+        return target_q_next.max(dim=1).values
+    best = online_q_next.argmax(dim=1, keepdim=True)
+    return target_q_next.gather(1, best).squeeze(1)
+
+
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """Linear from `start` at t=0 to `end` at t=duration, constant after."""
+    if duration <= 0:
+        return end
+    return start + min(t / duration, 1.0) * (end - start)
+
+
+@torch.no_grad()
+def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """target ← τ·source + (1 − τ)·target (τ = 1 is a hard copy)."""
+    target_params = list(target.parameters())
+    source_params = list(source.parameters())
+    if tau >= 1.0:
+        torch._foreach_copy_(target_params, source_params)
+    else:
+        torch._foreach_lerp_(target_params, source_params, tau)
+
+
+class DQNAgent:
+    def __init__(self, cfg: DQNConfig, ctx: AgentContext):
+        if cfg.batch_size <= 0 or cfg.train_freq <= 0 or cfg.target_update_interval <= 0:
+            raise ValueError("algo.batch_size, algo.train_freq and algo.target_update_interval must be > 0")
+        if not 0.0 < cfg.tau <= 1.0:
+            raise ValueError(f"algo.tau must be in (0, 1], got {cfg.tau}")
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.q = MLP(obs_dim(ctx.observation_space), action_dim(ctx.action_space), ctx.network).to(ctx.device)
+        self.q_target = copy.deepcopy(self.q)
+        self.q_target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.learning_rate)
+        self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (), torch.int64, ctx.device)
+        self.rng = np.random.default_rng(ctx.seed)
+        self.num_actions = action_dim(ctx.action_space)
+        self.gradient_steps = (cfg.gradient_steps if cfg.gradient_steps >= 0
+                               else cfg.train_freq * ctx.num_envs)
+        self.n_updates = 0
+
+    def epsilon(self, step: int) -> float:
+        return linear_schedule(self.cfg.exploration_initial_eps, self.cfg.exploration_final_eps,
+                               self.cfg.exploration_fraction * self.ctx.total_steps, step)
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy actions."""
+        q_values = self.q(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        return q_values.argmax(dim=1).cpu().numpy()
+
+    def _explore(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
+        n = len(obs)
+        random_mask = self.rng.random(n) < epsilon
+        if random_mask.all():  # skip the forward pass: most early steps are random
+            return self.rng.integers(0, self.num_actions, size=n)
+        actions = self.act(obs)
+        random_actions = self.rng.integers(0, self.num_actions, size=n)
+        return np.where(random_mask, random_actions, actions)
+
+    def train_iteration(self, runner: EnvRunner) -> dict[str, Any]:
+        cfg = self.cfg
+        metrics: dict[str, Any] = {}
+        for _ in range(cfg.train_freq):
+            before = runner.global_step
+            epsilon = self.epsilon(before)
+            step = runner.step(self._explore(runner.obs, epsilon))
+            self.buffer.add(step.obs, step.action, step.reward, step.next_obs, step.terminated)
+            # Target update whenever the step counter crosses a multiple of the interval.
+            if runner.global_step // cfg.target_update_interval > before // cfg.target_update_interval:
+                polyak_update(self.q_target, self.q, cfg.tau)
+        metrics["charts/epsilon"] = epsilon
+        if runner.global_step > cfg.learning_starts and self.buffer.size >= 1:
+            for _ in range(self.gradient_steps):
+                metrics.update(self.update())
+        return metrics
+
+    def update(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = self.buffer.sample(cfg.batch_size, self.rng)
+        with torch.no_grad():
+            target_q_next = self.q_target(batch.next_obs)
+            online_q_next = self.q(batch.next_obs) if cfg.double else None
+            targets = td_target(batch.rewards, batch.terminated,
+                                next_state_values(target_q_next, online_q_next), cfg.gamma)
+        q_taken = self.q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        if cfg.loss == TDLoss.huber:
+            loss = F.smooth_l1_loss(q_taken, targets)
+        else:
+            loss = F.mse_loss(q_taken, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.n_updates += 1
+        return {"losses/td_loss": loss.detach(), "losses/q_values": q_taken.detach().mean()}
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"q": self.q, "q_target": self.q_target}
+
+    def training_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates,
+                "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.n_updates = int(state["n_updates"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+    def buffer_arrays(self) -> dict[str, np.ndarray]:
+        return self.buffer.arrays()
+
+    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.buffer.load_arrays(arrays)

@@ -1,0 +1,56 @@
+"""What `Run` needs from an algorithm, and what an algorithm gets to build itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlrun.config import NetworkConfig
+from rlrun.envs import EnvRunner
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """Facts about the run an algorithm needs to build its networks and schedules."""
+
+    observation_space: gym.Space
+    action_space: gym.Space
+    network: NetworkConfig
+    device: torch.device
+    seed: int
+    total_steps: int
+    num_envs: int
+
+
+class Agent(Protocol):
+    """What the run loop needs from an algorithm."""
+
+    def train_iteration(self, runner: EnvRunner) -> dict[str, torch.Tensor | float]:
+        """Step the envs through `runner` and update the networks; return this iteration's metrics."""
+        ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic actions for a batch of observations (used by evaluation)."""
+        ...
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Named networks; their state dicts form the checkpoint's `"model"`."""
+        ...
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything else the run's future depends on (optimizers, counters, RNG), tensors and plain data."""
+        ...
+
+    def load_training_state(self, state: dict[str, Any]) -> None: ...
+
+    def buffer_arrays(self) -> dict[str, np.ndarray] | None:
+        """Replay-buffer contents to save beside the checkpoint (`.npz`), or None."""
+        ...
+
+    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None: ...
+
+

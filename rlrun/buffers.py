@@ -1,0 +1,79 @@
+"""Replay buffer: preallocated tensors on the training device, uniform sampling, wrap-around."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    """1.0 where the episode really ended (no bootstrap); truncated transitions are 0 here."""
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions.
+
+    Truncation is not stored as "done": a transition whose episode hit the time limit keeps
+    `terminated=0` and its true final observation as `next_obs`, so the TD target bootstraps from it.
+    """
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
+                 action_dtype: torch.dtype, device: torch.device):
+        if capacity <= 0:
+            raise ValueError(f"buffer_size must be positive, got {capacity}")
+        self.capacity = capacity
+        self.device = device
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=device)
+        self.next_obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=device)
+        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.pos = 0
+        self.size = 0
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+            terminated: np.ndarray) -> None:
+        """Add a batch of transitions (one per vectorised env)."""
+        n = len(rewards)
+        idx = (self.pos + np.arange(n)) % self.capacity
+        if n == 1:  # the common single-env case: plain slice assignment is cheapest
+            idx = slice(self.pos, self.pos + 1)
+        self.obs[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+        self.actions[idx] = torch.as_tensor(actions, device=self.device).to(self.actions.dtype)
+        self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+        self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.float32, device=self.device)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        idx = torch.from_numpy(rng.integers(0, self.size, size=batch_size)).to(self.device)
+        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
+                     self.terminated[idx])
+
+    # -- checkpointing: plain arrays, saved as .npz and loaded with allow_pickle=False ----------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        n = self.size
+        return {
+            "obs": self.obs[:n].cpu().numpy(), "next_obs": self.next_obs[:n].cpu().numpy(),
+            "actions": self.actions[:n].cpu().numpy(), "rewards": self.rewards[:n].cpu().numpy(),
+            "terminated": self.terminated[:n].cpu().numpy(),
+            "pos_size": np.array([self.pos, self.size], dtype=np.int64),
+        }
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        pos, size = (int(v) for v in arrays["pos_size"])
+        if size > self.capacity or arrays["obs"].shape[1:] != tuple(self.obs.shape[1:]):
+            raise ValueError("the saved replay buffer does not fit this run's buffer (size or shape)")
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+            getattr(self, name)[:size] = torch.as_tensor(arrays[name], device=self.device)
+        self.pos, self.size = pos, size

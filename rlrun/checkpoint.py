@@ -1,0 +1,114 @@
+"""Atomic checkpoint files and safe loading.
+
+A checkpoint is a `torch.save`d dict of tensors and plain Python data, read back with
+`torch.load(..., weights_only=True)`: a checkpoint from someone else is data, never code. A replay buffer
+goes beside it as `.npz` (read with `allow_pickle=False`), named by step so the pair written last always
+stays consistent: the `.pt` names its buffer file, and older buffer files are removed only after the new
+`.pt` is in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+FORMAT = "rlrun-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says why and what was kept."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via a temp file in the same directory, fsync it, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one. On failure (a full
+    disk, say) the temp file is removed and the old file is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"no space left on the device while writing {path}; the previous "
+                                  f"{path.name} (if any) is kept unchanged") from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.ndarray] | None = None,
+                    step: int = 0) -> None:
+    """Write `payload` (and optionally its replay buffer) atomically as `path`."""
+    path = Path(path)
+    payload = dict(payload, format=FORMAT)
+    if buffer is not None:
+        buffer_name = f"{path.stem}-buffer-{step}.npz"
+        atomic_write(path.with_name(buffer_name), lambda handle: np.savez(handle, **buffer))
+        payload["buffer_file"] = buffer_name
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+    # Only now is the old buffer file unreferenced.
+    for old in path.parent.glob(f"{path.stem}-buffer-*.npz"):
+        if buffer is None or old.name != payload["buffer_file"]:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely; a clear `CheckpointError` for missing, corrupt or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refused to load {path}: it contains objects other than tensors and plain "
+                              f"data (weights_only=True rejected it; nothing in it was executed). "
+                              f"Detail: {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
+        raise CheckpointError(f"{path} is not an rlrun checkpoint (expected a dict with format={FORMAT!r})")
+    return payload
+
+
+def load_buffer(checkpoint_path: Path, payload: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    name = payload.get("buffer_file")
+    if name is None:
+        return None
+    buffer_path = Path(checkpoint_path).with_name(str(name))
+    try:
+        with np.load(buffer_path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"replay buffer {buffer_path} next to {checkpoint_path} is missing or "
+                              f"corrupt ({exc})") from None

@@ -1,0 +1,181 @@
+"""Command-line entry points. The only `@hydra.main` lives here; it turns config into objects and calls Run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlrun import CONF_DIR
+from rlrun.config import Config, register_configs
+
+register_configs()
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class UserError(Exception):
+    """Bad input: printed as one paragraph, no traceback."""
+
+
+def _error(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]rlrun error:[/] {message}")
+
+
+def to_typed_config(cfg: DictConfig) -> Config:
+    """DictConfig → the typed `Config` dataclass tree algorithms receive."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from rlrun.checkpoint import CheckpointError
+    from rlrun.envs import EnvError
+
+    return (ValueError, CheckpointError, EnvError, OmegaConfBaseException)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Compose → typed config → Run.train(); returns the summary."""
+    from rlrun.run import Run
+
+    typed = to_typed_config(cfg)
+    run = Run(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    return run.train()
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    solved = (f"solved at step {summary['solved_at_step']:,} ({summary['solved_at_wall_time_s']:.0f} s)"
+              if summary["solved_at_step"] is not None else "not solved")
+    final = summary["final_return_mean"]
+    best = summary["best_return_mean"]
+    print(f"[{summary['status']}] {summary['algo']} on {summary['env_id']} seed={summary['seed']}: "
+          f"{summary['steps_done']:,} steps in {summary['wall_time_s']:.1f} s "
+          f"({summary['steps_per_second']} steps/s); final eval {final if final is None else round(final, 1)}, "
+          f"best {best if best is None else round(best, 1)}, {solved}. Run dir: {run_dir}", flush=True)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from rlrun.run import NonFiniteError, RunInterrupted
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        summary = train(cfg, run_dir)
+    except RunInterrupted as exc:
+        _error(f"interrupted by {exc}; checkpoint and summary.json (status interrupted) are in {run_dir}. "
+               f"Continue with resume={run_dir} (or resume=auto and the same hydra.run.dir).")
+        sys.exit(128 + exc.signum)
+    except NonFiniteError as exc:
+        _error(str(exc))
+        if multirun:
+            raise
+        sys.exit(EXIT_FAILED)
+    except _bad_input_types() as exc:
+        _error(str(exc))
+        if multirun:
+            raise
+        sys.exit(EXIT_BAD_INPUT)
+    _print_summary(summary, run_dir)
+    value = summary["best_return_mean"]
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+# -- rlrun-eval ------------------------------------------------------------------------------------------
+def eval_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlrun-eval", description="Evaluate a trained rlrun agent with "
+                                     "its deterministic policy on fresh episodes.")
+    parser.add_argument("path", help="a run directory or a checkpoint file (.pt)")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                        help="which checkpoint of a run directory to use (default best)")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the first evaluation episode")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--video", action="store_true", help="record MP4s of the episodes into the run directory")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_checkpoint(Path(args.path), args.episodes, args.checkpoint, args.seed, args.device,
+                                     args.video)
+    except _bad_input_types() as exc:
+        _error(str(exc))
+        sys.exit(EXIT_BAD_INPUT)
+    print(json.dumps(result, indent=2))
+
+
+def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device: str,
+                        video: bool) -> dict[str, Any]:
+    from rlrun.algos import ALGORITHMS
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+    from rlrun.config import Device
+    from rlrun.envs import make_env
+    from rlrun.evaluation import Evaluator
+    from rlrun.run import load_model_state, resolve_device
+
+    if episodes <= 0:
+        raise ValueError(f"--episodes must be positive, got {episodes}")
+    if path.is_dir():
+        ckpt = path / "checkpoints" / f"{which}.pt"
+        if not ckpt.exists() and which == "best":
+            ckpt = path / "checkpoints" / "last.pt"
+        run_dir = path
+    else:
+        ckpt, run_dir = path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    payload = load_checkpoint(ckpt)
+    cfg = config_from_checkpoint(payload)
+    if video:
+        raise ValueError("--video is not available yet in this version of rlrun-eval")
+    env = make_env(cfg.env)
+    ctx = AgentContext(env.observation_space, env.action_space, cfg.network, resolve_device(Device(device)),
+                       seed, 1, 1)
+    env.close()
+    if cfg.algo.name not in ALGORITHMS:
+        raise CheckpointError(f"{ckpt} was written by an unknown algorithm {cfg.algo.name!r}")
+    agent = ALGORITHMS[cfg.algo.name].make_agent(cfg.algo, ctx)
+    load_model_state(agent, payload["model"])
+    evaluator = Evaluator(cfg.env, episodes, seed)
+    started = time.monotonic()
+    result = evaluator.evaluate(agent.act, 0)
+    evaluator.close()
+    report = {"checkpoint": str(ckpt), "algo": cfg.algo.name, "env_id": cfg.env.id,
+              "step": int(payload.get("step", 0)), "episodes": episodes, "return_mean": result.return_mean,
+              "return_std": result.return_std, "length_mean": result.length_mean,
+              "returns": list(result.returns), "wall_time_s": round(time.monotonic() - started, 3)}
+    if run_dir.is_dir():
+        atomic_write_text(run_dir / f"eval_{ckpt.stem}.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def config_from_checkpoint(payload: dict[str, Any]) -> Config:
+    """Rebuild the typed config stored in a checkpoint. Data only: nothing is instantiated from it."""
+    from rlrun.algos import ALGORITHMS
+    from rlrun.checkpoint import CheckpointError
+
+    try:
+        raw = OmegaConf.create(str(payload["config"]))
+        algo_name = raw.algo.name
+        if algo_name not in ALGORITHMS:
+            raise CheckpointError(f"the checkpoint names an unknown algorithm {algo_name!r}")
+        schema = OmegaConf.structured(Config)
+        schema.algo = OmegaConf.structured(ALGORITHMS[algo_name].config_cls)
+        merged = OmegaConf.merge(schema, raw)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (OmegaConfBaseException, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint's stored config is not a valid rlrun config: {exc}") from None

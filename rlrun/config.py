@@ -1,0 +1,140 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in `conf/<group>/` starts from one of these schemas (`defaults: [<schema>]`), so a typo in a
+key or a value of the wrong type fails when Hydra composes the config, not deep inside a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Vectorization(str, Enum):
+    sync = "sync"
+    async_ = "async"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    tanh = "tanh"
+    elu = "elu"
+    gelu = "gelu"
+    silu = "silu"
+    leaky_relu = "leaky_relu"
+
+
+class Progress(str, Enum):
+    auto = "auto"  # rich bar on a terminal, plain lines otherwise
+    rich = "rich"
+    plain = "plain"
+    none = "none"
+
+
+@dataclass
+class EnvConfig:
+    """A Gymnasium environment and how it is vectorised."""
+
+    id: str = MISSING
+    """Any registered Gymnasium id, e.g. LunarLander-v3."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments passed to gymnasium.make (e.g. gravity: -5)."""
+    reward_threshold: float | None = None
+    """Eval mean at which the env counts as solved (summary.json's solved_at_*)."""
+    max_episode_steps: int | None = None
+    """Override of the registered time limit; null keeps the registry's."""
+    vectorization: Vectorization = Vectorization.sync
+    """sync: all envs in this process; async: one subprocess per env (uses more cores)."""
+
+
+@dataclass
+class NetworkConfig:
+    """MLP bodies; input and output sizes always come from the env's spaces."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden layer widths of each body."""
+    activation: Activation = Activation.relu
+    """Non-linearity after each hidden layer."""
+
+
+class TransferKind(str, Enum):
+    none = "none"
+
+
+@dataclass
+class TransferConfig:
+    """Starting from another run's weights (see conf/transfer/)."""
+
+    kind: TransferKind = TransferKind.none
+    source: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 10_000
+    """Evaluate every this many env steps; 0 = only the final evaluation."""
+    episodes: int = 10
+    """Episodes per evaluation (deterministic policy, separate env)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    """Write checkpoints/last.pt every this many env steps; 0 = only at the end of the run."""
+
+
+@dataclass
+class LogConfig:
+    progress: Progress = Progress.auto
+    """Progress display: auto (rich on a terminal, plain lines otherwise), rich, plain, none."""
+    every_steps: int = 1000
+    """Write losses and rates to TensorBoard every this many env steps."""
+    plain_every_s: float = 10.0
+    """Seconds between plain progress lines."""
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    """The whole run. Top-level keys are part of the public contract (PRODUCT.md)."""
+
+    algo: Any = MISSING
+    env: EnvConfig = MISSING
+    network: NetworkConfig = MISSING
+    transfer: TransferConfig = MISSING
+    seed: int = 0
+    device: Device = Device.auto
+    total_steps: int = 100_000
+    """Environment steps (summed over vectorised envs)."""
+    resume: str | None = None
+    """null, a run directory, a checkpoint file, or `auto`."""
+    stop_at_return: float | None = None
+    """Stop once an evaluation mean reaches this; null = never."""
+    torch_threads: int = 1
+    """torch intra-op threads; small MLPs are fastest with 1."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def register_configs() -> None:
+    """Put every schema in Hydra's ConfigStore (called before composition)."""
+    from rlrun.algos import ALGORITHMS
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="env", name="base_env", node=EnvConfig)
+    cs.store(group="network", name="base_network", node=NetworkConfig)
+    cs.store(group="transfer", name="base_transfer", node=TransferConfig)
+    for name, spec in ALGORITHMS.items():
+        cs.store(group="algo", name=f"base_{name}", node=spec.config_cls)

@@ -1,0 +1,64 @@
+"""MLP bodies and heads. Shapes come from the env's spaces; YAML only says widths and activation."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rlrun.config import Activation, NetworkConfig
+
+ACTIVATIONS: dict[Activation, type[nn.Module]] = {
+    Activation.relu: nn.ReLU,
+    Activation.tanh: nn.Tanh,
+    Activation.elu: nn.ELU,
+    Activation.gelu: nn.GELU,
+    Activation.silu: nn.SiLU,
+    Activation.leaky_relu: nn.LeakyReLU,
+}
+
+
+def obs_dim(space: gym.Space) -> int:
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"rlrun's MLPs need a Box observation space, got {space}")
+    return int(np.prod(space.shape))
+
+
+def action_dim(space: gym.Space) -> int:
+    """Number of discrete actions, or the size of a continuous action vector."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    return int(np.prod(space.shape))
+
+
+class MLP(nn.Module):
+    """`body` (Linear + activation per hidden layer) then a linear `head`.
+
+    The split is what transfer learning works on: parameter names are `body.<2k>.weight` for hidden layer
+    k and `head.weight` for the output layer.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, net: NetworkConfig, head_gain: float | None = None):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for hidden in net.hidden:
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[net.activation]()]
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, out_dim)
+        if head_gain is not None:
+            nn.init.orthogonal_(self.head.weight, gain=head_gain)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def orthogonal_init(module: nn.Module, gain: float = float(np.sqrt(2))) -> None:
+    """Orthogonal weights, zero biases for every Linear in `module` (the PPO/A2C convention)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=gain)
+            nn.init.zeros_(layer.bias)

@@ -1,0 +1,403 @@
+"""The run object: builds envs, agent, evaluator and loggers from a typed config, and runs the loop."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlrun.algos import ALGORITHMS, Agent, check_action_space
+from rlrun.algos.protocol import AgentContext
+from rlrun.checkpoint import CheckpointError, atomic_write_text, load_buffer, load_checkpoint, save_checkpoint
+from rlrun.config import Config, Device
+from rlrun.envs import EnvRunner, make_env, make_vec_env
+from rlrun.evaluation import EvalResult, Evaluator
+from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
+
+EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation start states apart from the training envs' seeds
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or a parameter became NaN or infinite."""
+
+
+class RunInterrupted(Exception):
+    """The run stopped on SIGINT/SIGTERM after writing its checkpoint and summary."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def seed_everything(seed: int) -> None:
+    """The one place that seeds Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise ValueError("device=cuda was asked for, but torch sees no CUDA device here "
+                         "(use device=cpu or device=auto)")
+    return torch.device(device.value)
+
+
+def model_state(agent: Agent) -> dict[str, torch.Tensor]:
+    """The checkpoint's "model": every network's state dict, keys prefixed by the network's name."""
+    return {f"{name}.{key}": value.detach().clone()
+            for name, module in agent.modules().items() for key, value in module.state_dict().items()}
+
+
+def load_model_state(agent: Agent, state: dict[str, torch.Tensor]) -> None:
+    for name, module in agent.modules().items():
+        prefix = f"{name}."
+        sub = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        try:
+            module.load_state_dict(sub)
+        except RuntimeError as exc:
+            raise CheckpointError(f"the checkpoint's network {name!r} does not fit this config: "
+                                  f"{str(exc).splitlines()[0]} (did network.* change?)") from None
+
+
+def _tensorise(obj: Any) -> Any:
+    """NumPy arrays → tensors, recursively: torch.load(weights_only=True) reads tensors, not ndarrays."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, dict):
+        return {key: _tensorise(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_tensorise(value) for value in obj]
+    return obj
+
+
+def _numpyise(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {key: _numpyise(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_numpyise(value) for value in obj]
+    return obj
+
+
+def rng_states() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": json.dumps({**np_state, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                                     for k, v in np_state["state"].items()}}),
+        "python": json.dumps(random.getstate()),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np_state = json.loads(states["numpy"])
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    version, internal, gauss = json.loads(states["python"])
+    random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass
+class RunState:
+    """Counters of the loop itself (saved in every checkpoint)."""
+
+    eval_index: int = 0
+    last_eval_step: int = -1
+    final_return_mean: float | None = None
+    best_return_mean: float | None = None
+    solved_at_step: int | None = None
+    solved_at_wall_time_s: float | None = None
+    elapsed_before_s: float = 0.0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+
+
+def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """`resume` → the checkpoint to continue from, or None for a fresh start."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        candidate = run_dir / "checkpoints" / "last.pt"
+        if not candidate.exists():
+            return None
+        try:
+            load_checkpoint(candidate)
+        except CheckpointError as exc:
+            raise CheckpointError(f"resume=auto found {candidate} but cannot use it: {exc}") from None
+        return candidate
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise CheckpointError(f"resume={resume}: no checkpoint at {path}")
+    return path
+
+
+class Run:
+    """One training run: `Run(cfg, run_dir, config_yaml).train()` returns the summary dict."""
+
+    def __init__(self, cfg: Config, run_dir: Path, config_yaml: str):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.config_yaml = config_yaml
+        self.algo_name = cfg.algo.name
+        if self.algo_name not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algo_name!r}; known: {', '.join(ALGORITHMS)}")
+        if cfg.total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {cfg.total_steps}")
+        if cfg.eval.every_steps < 0 or cfg.checkpoint.every_steps < 0:
+            raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0 (0 = off)")
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        self.device = resolve_device(cfg.device)
+        self.resume_from = find_resume_checkpoint(cfg.resume, self.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.state = RunState()
+        self._stop_signal: int | None = None
+
+        seed_everything(cfg.seed)
+        probe = make_env(cfg.env)
+        check_action_space(self.algo_name, probe.action_space, cfg.env.id)
+        probe.close()
+        num_envs = int(getattr(cfg.algo, "num_envs", 1))
+        if num_envs <= 0:
+            raise ValueError(f"algo.num_envs must be positive, got {num_envs}")
+        self.runner = EnvRunner(make_vec_env(cfg.env, num_envs), seed=cfg.seed)
+        ctx = AgentContext(self.runner.single_observation_space, self.runner.single_action_space,
+                           cfg.network, self.device, cfg.seed, cfg.total_steps, num_envs)
+        self.agent: Agent = ALGORITHMS[self.algo_name].make_agent(cfg.algo, ctx)
+        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET)
+
+        resume_payload = None
+        if self.resume_from is not None:
+            resume_payload = load_checkpoint(self.resume_from)
+            self._restore(resume_payload)
+        else:
+            self.state.next_eval = cfg.eval.every_steps
+            self.state.next_checkpoint = cfg.checkpoint.every_steps
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        csv_length = None
+        if resume_payload is not None:
+            csv_length = int(resume_payload["run_state"]["csv_length"])
+            source_csv = self.resume_from.parent.parent / "evaluations.csv"
+            target_csv = self.run_dir / "evaluations.csv"
+            if source_csv.exists() and source_csv.resolve() != target_csv.resolve():
+                shutil.copyfile(source_csv, target_csv)  # resuming another run's directory: carry its rows
+        self.csv = EvaluationsCsv(self.run_dir / "evaluations.csv", resume_length=csv_length)
+        start_step = self.runner.global_step
+        self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, cfg.log.every_steps,
+                                    purge_step=start_step + 1 if resume_payload is not None else None)
+        if resume_payload is not None:
+            self.logger.load_state(resume_payload["run_state"]["logger"])
+        self.progress = Progress(cfg.log.progress.value, cfg.total_steps, start_step, cfg.log.plain_every_s,
+                                 f"{self.algo_name} {cfg.env.id} seed={cfg.seed}")
+        self._session_start = time.monotonic()
+        self._session_start_step = start_step
+        if resume_payload is not None:
+            self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}")
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.state.elapsed_before_s + time.monotonic() - self._session_start
+
+    def train(self) -> dict[str, Any]:
+        cfg, runner, agent = self.cfg, self.runner, self.agent
+        status, error = "completed", None
+        previous_handlers = self._install_signal_handlers()
+        try:
+            while runner.global_step < cfg.total_steps:
+                metrics = agent.train_iteration(runner)
+                step = runner.global_step
+                check_finite(metrics, agent)
+                self._log_episodes()
+                if self.logger.due(step):
+                    metrics["charts/sps"] = self.progress.steps_per_second(step)
+                    self.logger.log(metrics, step)
+                if cfg.eval.every_steps > 0 and step >= self.state.next_eval:
+                    self.state.next_eval = (step // cfg.eval.every_steps + 1) * cfg.eval.every_steps
+                    result = self.evaluate(step)
+                    if cfg.stop_at_return is not None and result.return_mean >= cfg.stop_at_return:
+                        status = "stopped"
+                        self.progress.message(f"eval mean {result.return_mean:.1f} ≥ stop_at_return="
+                                              f"{cfg.stop_at_return}: stopping at step {step:,}")
+                if cfg.checkpoint.every_steps > 0 and step >= self.state.next_checkpoint:
+                    self.state.next_checkpoint = ((step // cfg.checkpoint.every_steps + 1)
+                                                  * cfg.checkpoint.every_steps)
+                    self.save()
+                self.progress.update(step)
+                if status == "stopped":
+                    break
+                if self._stop_signal is not None:
+                    status = "interrupted"
+                    break
+            if status != "interrupted" and self.state.last_eval_step != runner.global_step:
+                self.evaluate(runner.global_step)
+            self.save()
+        except NonFiniteError as exc:
+            status, error = "failed", str(exc)
+        except KeyboardInterrupt:
+            status, error = "interrupted", "KeyboardInterrupt"
+        except Exception as exc:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            self.progress.update(runner.global_step, force=True)
+            self.progress.close()
+            summary = self.write_summary(status, error)
+            self.close()
+        if status == "interrupted" and self._stop_signal is not None:
+            raise RunInterrupted(self._stop_signal)
+        if status == "failed":
+            raise NonFiniteError(error)
+        return summary
+
+    def _log_episodes(self) -> None:
+        finished = self.runner.pop_finished()
+        for episode_return, length, step in zip(finished.returns, finished.lengths, finished.steps):
+            self.logger.log_episode(episode_return, length, step)
+        if finished.returns:
+            self.progress.last_episode_return = finished.returns[-1]
+
+    def evaluate(self, step: int) -> EvalResult:
+        result = self.evaluator.evaluate(self.agent.act, self.state.eval_index)
+        state = self.state
+        state.eval_index += 1
+        state.last_eval_step = step
+        state.final_return_mean = result.return_mean
+        wall = self.elapsed()
+        self.csv.append(step, wall, result.return_mean, result.return_std, result.length_mean)
+        self.logger.log({"eval/return_mean": result.return_mean, "eval/return_std": result.return_std,
+                         "eval/length_mean": result.length_mean}, step)
+        threshold = self.cfg.env.reward_threshold
+        if state.solved_at_step is None and threshold is not None and result.return_mean >= threshold:
+            state.solved_at_step, state.solved_at_wall_time_s = step, wall
+        if state.best_return_mean is None or result.return_mean > state.best_return_mean:
+            state.best_return_mean = result.return_mean
+            save_checkpoint(self.ckpt_dir / "best.pt", self._payload(step, full=False))
+        self.progress.last_eval_return = result.return_mean
+        self.progress.message(f"step {step:,}: eval return {result.return_mean:.1f} ± {result.return_std:.1f}"
+                              f" (length {result.length_mean:.0f})")
+        return result
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _payload(self, step: int, full: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": model_state(self.agent), "algo": self.algo_name, "env_id": self.cfg.env.id,
+            "step": step, "config": self.config_yaml,
+        }
+        if full:
+            run_state = {key: value for key, value in vars(self.state).items()}
+            run_state.update(elapsed_before_s=self.elapsed(), csv_length=self.csv.length(),
+                             logger=self.logger.state(), rng=rng_states())
+            payload.update(agent_state=_tensorise(self.agent.training_state()),
+                           runner_state=_tensorise(self.runner.state()), run_state=run_state)
+        return payload
+
+    def save(self) -> None:
+        step = self.runner.global_step
+        check_parameters_finite(self.agent)
+        save_checkpoint(self.ckpt_dir / "last.pt", self._payload(step, full=True), self.agent.buffer_arrays(),
+                        step=step)
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        if payload.get("algo") != self.algo_name or payload.get("env_id") != self.cfg.env.id:
+            raise CheckpointError(f"cannot resume: {self.resume_from} is {payload.get('algo')} on "
+                                  f"{payload.get('env_id')}, this run is {self.algo_name} on {self.cfg.env.id}")
+        if "run_state" not in payload:
+            raise CheckpointError(f"cannot resume from {self.resume_from}: it holds weights only "
+                                  f"(best.pt); resume from last.pt or the run directory")
+        load_model_state(self.agent, payload["model"])
+        self.agent.load_training_state(_numpyise(payload["agent_state"]))
+        buffer = load_buffer(self.resume_from, payload)
+        if buffer is not None:
+            self.agent.load_buffer_arrays(buffer)
+        self.runner.load_state(_numpyise(payload["runner_state"]))
+        run_state = payload["run_state"]
+        for key in vars(self.state):
+            setattr(self.state, key, run_state[key])
+        set_rng_states(run_state["rng"])
+
+    # -- signals, summary ----------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def handler(signum, _frame):
+            if self._stop_signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.progress.message(f"{signal.Signals(signum).name}: checkpointing and stopping…")
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def write_summary(self, status: str, error: str | None) -> dict[str, Any]:
+        wall = self.elapsed()
+        steps = self.runner.global_step
+        session_steps = steps - self._session_start_step
+        session_wall = time.monotonic() - self._session_start
+        summary = {
+            "algo": self.algo_name, "env_id": self.cfg.env.id, "seed": self.cfg.seed,
+            "total_steps": self.cfg.total_steps, "steps_done": steps, "wall_time_s": round(wall, 3),
+            "steps_per_second": round(session_steps / session_wall, 1) if session_wall > 0 else None,
+            "final_return_mean": self.state.final_return_mean,
+            "best_return_mean": self.state.best_return_mean,
+            "solved_at_step": self.state.solved_at_step,
+            "solved_at_wall_time_s": (round(self.state.solved_at_wall_time_s, 3)
+                                      if self.state.solved_at_wall_time_s is not None else None),
+            "status": status, "reward_threshold": self.cfg.env.reward_threshold,
+            "device": str(self.device), "resumed_from": str(self.resume_from) if self.resume_from else None,
+            "error": error,
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def close(self) -> None:
+        self.logger.close()
+        self.evaluator.close()
+        self.runner.close()
+
+
+def check_finite(metrics: dict[str, Any], agent: Agent) -> None:
+    """Stop on a NaN/inf loss: training past it only destroys the last good weights."""
+    tensors = [value for key, value in metrics.items() if key.startswith("losses/")]
+    if not tensors:
+        return
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(()) for v in tensors])
+    if not bool(torch.isfinite(values).all()):
+        bad = [key for key, value in metrics.items() if key.startswith("losses/")
+               and not math.isfinite(float(value))]
+        raise NonFiniteError(f"non-finite loss ({', '.join(bad)}); the run stopped and the last good "
+                             f"checkpoint is kept")
+
+
+def check_parameters_finite(agent: Agent) -> None:
+    for name, module in agent.modules().items():
+        for key, param in module.state_dict().items():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                raise NonFiniteError(f"parameter {name}.{key} is NaN or infinite; the run stopped and the "
+                                     f"last good checkpoint is kept")
