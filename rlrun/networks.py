@@ -62,3 +62,14 @@ def orthogonal_init(module: nn.Module, gain: float = float(np.sqrt(2))) -> None:
         if isinstance(layer, nn.Linear):
             nn.init.orthogonal_(layer.weight, gain=gain)
             nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """target ← τ·source + (1 − τ)·target (τ = 1 is a hard copy)."""
+    target_params = list(target.parameters())
+    source_params = list(source.parameters())
+    if tau >= 1.0:
+        torch._foreach_copy_(target_params, source_params)
+    else:
+        torch._foreach_lerp_(target_params, source_params, tau)

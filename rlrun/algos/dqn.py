@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.envs import EnvRunner
-from rlrun.networks import MLP, action_dim, obs_dim
+from rlrun.networks import MLP, action_dim, obs_dim, polyak_update
 
 
 class TDLoss(str, Enum):
@@ -89,17 +89,6 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
     if duration <= 0:
         return end
     return start + min(t / duration, 1.0) * (end - start)
-
-
-@torch.no_grad()
-def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    """target ← τ·source + (1 − τ)·target (τ = 1 is a hard copy)."""
-    target_params = list(target.parameters())
-    source_params = list(source.parameters())
-    if tau >= 1.0:
-        torch._foreach_copy_(target_params, source_params)
-    else:
-        torch._foreach_lerp_(target_params, source_params, tau)
 
 
 class DQNAgent:
