@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]" $(TORCH)
+# sweeps + ray in one command so pip settles the cloudpickle pins together (see pyproject.toml).
+	$(BIN)/pip install -q -e ".[dev,sweeps,ray]" $(TORCH)
 	touch $(STAMP)
 
 train: install
