@@ -1,0 +1,184 @@
+"""PPO-Clip.
+
+Schulman et al., "Proximal Policy Optimization Algorithms", 2017 (arXiv:1707.06347); the implementation
+details follow CleanRL's `ppo.py` and Huang et al., "The 37 Implementation Details of PPO" (ICLR blog 2022).
+
+Each iteration collects `num_steps` steps from each of `num_envs` envs, computes GAE(λ) advantages
+(truncation bootstrapped from the true final observation), then takes `update_epochs` passes of Adam over
+shuffled minibatches of the clipped surrogate − ent_coef·entropy + vf_coef·value loss. Separate actor and
+critic networks share one optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlrun.algos.protocol import AgentContext
+from rlrun.envs import EnvRunner
+from rlrun.onpolicy import (PolicyParts, check_batch, compute_gae, linear_decay, normalize,
+                            set_learning_rate)
+
+
+@dataclass
+class PPOConfig:
+    name: str = "ppo"
+    """Registry name."""
+    num_envs: int = 16
+    """Parallel envs collecting each rollout."""
+    num_steps: int = 1024
+    """Steps per env per rollout (the batch is num_steps × num_envs)."""
+    learning_rate: float = 3e-4
+    """Adam step size (at the start, if annealed)."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over total_steps."""
+    adam_eps: float = 1e-5
+    """Adam ε (SB3 and CleanRL use 1e-5)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    minibatch_size: int = 64
+    """Samples per gradient step; must not exceed num_steps × num_envs."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    clip_coef: float = 0.2
+    """Policy ratio clip ε."""
+    anneal_clip: bool = False
+    """Decay clip_coef linearly to 0 over total_steps."""
+    clip_vloss: bool = False
+    """Clip the value update around the rollout's values (by clip_coef)."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip; 0 disables."""
+    target_kl: float | None = None
+    """Stop the epochs early once the approximate KL of an epoch exceeds this; null = never."""
+    normalize_obs: bool = False
+    """Running observation normalisation."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return."""
+    log_std_init: float = 0.0
+    """Initial log-std of the Gaussian policy (continuous actions)."""
+
+
+def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                    clip_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)]; also the approx KL (k3 estimator) and clip fraction."""
+    log_ratio = new_logprob - old_logprob
+    ratio = log_ratio.exp()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * advantages
+    loss = -torch.minimum(unclipped, clipped).mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return loss, approx_kl, clip_fraction
+
+
+def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_coef: float | None) -> torch.Tensor:
+    """½·(V − R)², or with clip_coef the max of that and the clipped-update version (PPO2's value clip)."""
+    unclipped = (new_values - returns).pow(2)
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped_values = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+    return 0.5 * torch.maximum(unclipped, (clipped_values - returns).pow(2)).mean()
+
+
+class PPOAgent:
+    def __init__(self, cfg: PPOConfig, ctx: AgentContext):
+        self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.minibatch_size, "ppo")
+        if cfg.update_epochs <= 0:
+            raise ValueError(f"algo.update_epochs must be positive, got {cfg.update_epochs}")
+        if not 0.0 < cfg.clip_coef:
+            raise ValueError(f"algo.clip_coef must be positive, got {cfg.clip_coef}")
+        self.cfg, self.ctx = cfg, ctx
+        self.parts = PolicyParts(ctx, cfg.num_steps, cfg.gamma, True, cfg.normalize_obs,
+                                 cfg.normalize_reward, cfg.log_std_init)
+        self.actor, self.critic = self.parts.actor, self.parts.critic
+        self.params = [*self.actor.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+        self.n_updates = 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.parts.act(obs)
+
+    def train_iteration(self, runner: EnvRunner) -> dict[str, Any]:
+        cfg = self.cfg
+        progress_step = runner.global_step
+        lr = linear_decay(cfg.learning_rate, progress_step, self.ctx.total_steps) if cfg.anneal_lr \
+            else cfg.learning_rate
+        clip_coef = linear_decay(cfg.clip_coef, progress_step, self.ctx.total_steps) if cfg.anneal_clip \
+            else cfg.clip_coef
+        set_learning_rate(self.optimizer, lr)
+
+        rollout = self.parts.collect(runner)
+        advantages = compute_gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                                 rollout.dones, cfg.gamma, cfg.gae_lambda)
+        returns = advantages + rollout.values
+        b_obs = rollout.obs.flatten(0, 1)
+        b_actions = rollout.actions.flatten(0, 1)
+        b_logprobs = rollout.logprobs.flatten(0, 1)
+        b_advantages = advantages.flatten()
+        b_returns = returns.flatten()
+        b_values = rollout.values.flatten()
+
+        metrics: dict[str, Any] = {}
+        for _epoch in range(cfg.update_epochs):
+            order = torch.randperm(self.batch_size, device=b_obs.device)
+            for start in range(0, self.batch_size, cfg.minibatch_size):
+                mb = order[start:start + cfg.minibatch_size]
+                dist = self.actor.dist(b_obs[mb])
+                mb_advantages = normalize(b_advantages[mb]) if cfg.norm_adv and len(mb) > 1 \
+                    else b_advantages[mb]
+                pg_loss, approx_kl, clip_fraction = ppo_policy_loss(dist.log_prob(b_actions[mb]),
+                                                                    b_logprobs[mb], mb_advantages, clip_coef)
+                new_values = self.critic(b_obs[mb]).squeeze(-1)
+                v_loss = value_loss(new_values, b_values[mb], b_returns[mb],
+                                    clip_coef if cfg.clip_vloss else None)
+                entropy = dist.entropy().mean()
+                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.n_updates += 1
+            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                break
+        with torch.no_grad():
+            explained_var = 1.0 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
+        metrics.update({
+            "losses/policy_loss": pg_loss.detach(), "losses/value_loss": v_loss.detach(),
+            "losses/entropy": entropy.detach(), "losses/approx_kl": approx_kl,
+            "losses/clipfrac": clip_fraction, "losses/explained_variance": explained_var,
+            "charts/learning_rate": lr, "charts/clip_coef": clip_coef,
+        })
+        return metrics
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return self.parts.modules()
+
+    def training_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates,
+                **self.parts.normaliser_state()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.n_updates = int(state["n_updates"])
+        self.parts.load_normaliser_state(state)
+
+    def buffer_arrays(self) -> None:
+        return None
+
+    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        pass

@@ -1,0 +1,426 @@
+"""Shared pieces of the on-policy family (REINFORCE, VPG, A2C, PPO, TRPO).
+
+- `compute_gae` and `reward_to_go`: advantage and return estimators over a (num_steps, num_envs) rollout.
+  Truncation (time limit) is bootstrapped with the value of the episode's TRUE final observation
+  (`Step.next_obs`), termination is not bootstrapped (Pardo et al., "Time Limits in RL", ICML 2018).
+- `CategoricalActor` and `GaussianActor`: policy heads. The Gaussian is diagonal with a state-independent,
+  learned log-std. Sampled actions are stored unclipped (their log-prob is exact); the env receives them
+  clipped to the action-space bounds (the SB3/CleanRL convention; no tanh squashing).
+- `RolloutStorage` and `collect_rollout`: preallocated tensors filled by stepping the `EnvRunner`.
+- `ObsNormalizer` and `RewardScaler`: running statistics (SB3's VecNormalize), saved in training_state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rlrun.config import NetworkConfig
+from rlrun.envs import EnvRunner
+from rlrun.networks import MLP, action_dim, obs_dim, orthogonal_init
+
+# -- advantage and return estimators -----------------------------------------------------------------------
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                terminated: torch.Tensor, dones: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Generalised advantage estimates (Schulman et al. 2016), all tensors shaped (num_steps, num_envs).
+
+    `next_values[t]` is V of the observation that followed step t: V(s_{t+1}) inside an episode, V of the
+    true final observation where the episode was truncated at t, V of the next rollout's first observation
+    at the last step. `terminated[t]` = 1 stops bootstrapping; `dones[t]` = terminated or truncated stops
+    the λ-recursion from carrying the next episode's errors back.
+    """
+    deltas = rewards + gamma * (1.0 - terminated) * next_values - values
+    carry = gamma * lam * (1.0 - dones)
+    advantages = torch.empty_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        last = deltas[t] + carry[t] * last
+        advantages[t] = last
+    return advantages
+
+
+def reward_to_go(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
+                 dones: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Discounted reward-to-go R_t = r_t + γ·R_{t+1}, cut at episode ends.
+
+    Where the recursion is cut — a truncated step, or the last step of the rollout — it bootstraps with
+    `next_values[t]`; a terminated step adds nothing. With next_values = 0 this is the Monte-Carlo return.
+    """
+    returns = torch.empty_like(rewards)
+    num_steps = rewards.shape[0]
+    following = next_values[-1]
+    for t in range(num_steps - 1, -1, -1):
+        cut = dones[t] if t < num_steps - 1 else torch.ones_like(dones[t])
+        following = torch.where(cut.bool(), next_values[t], following)
+        returns[t] = rewards[t] + gamma * (1.0 - terminated[t]) * following
+        following = returns[t]
+    return returns
+
+
+def episode_complete(dones: torch.Tensor) -> torch.Tensor:
+    """1 where the step's episode ends inside the rollout (its Monte-Carlo return is complete)."""
+    complete = torch.empty_like(dones)
+    last = torch.zeros_like(dones[0])
+    for t in range(dones.shape[0] - 1, -1, -1):
+        last = torch.maximum(dones[t], last)
+        complete[t] = last
+    return complete
+
+
+def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return (x - x.mean()) / (x.std() + eps)
+
+
+# -- distributions and policy heads ------------------------------------------------------------------------
+
+
+class CategoricalDist:
+    """A batch of categorical distributions from logits (lighter than torch.distributions)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)
+
+    def sample(self) -> torch.Tensor:
+        return torch.multinomial(self.log_probs.exp(), 1).squeeze(-1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.log_probs.exp() * self.log_probs).sum(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.log_probs.argmax(-1)
+
+    def kl(self, other: CategoricalDist) -> torch.Tensor:
+        """KL(self ‖ other) per batch element."""
+        return (self.log_probs.exp() * (self.log_probs - other.log_probs)).sum(-1)
+
+
+class DiagGaussianDist:
+    """A batch of diagonal Gaussians; log-prob and entropy are summed over action dimensions."""
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
+        self.std = self.log_std.exp()
+
+    def sample(self) -> torch.Tensor:
+        return self.mean + self.std * torch.randn_like(self.mean)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - self.mean) / self.std
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (self.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self, other: DiagGaussianDist) -> torch.Tensor:
+        var_ratio = (self.std / other.std).pow(2)
+        mean_term = ((self.mean - other.mean) / other.std).pow(2)
+        return (0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log())).sum(-1)
+
+
+Distribution = CategoricalDist | DiagGaussianDist
+
+
+class CategoricalActor(MLP):
+    """Logits over discrete actions."""
+
+    def dist(self, obs: torch.Tensor) -> CategoricalDist:
+        return CategoricalDist(self(obs))
+
+    def env_action(self, action: torch.Tensor) -> np.ndarray:
+        return action.cpu().numpy()
+
+
+class GaussianActor(MLP):
+    """Mean from the MLP, state-independent learned log-std; env actions clipped to the bounds."""
+
+    def __init__(self, in_dim: int, out_dim: int, net: NetworkConfig, low: np.ndarray, high: np.ndarray,
+                 log_std_init: float = 0.0):
+        super().__init__(in_dim, out_dim, net)
+        self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)))
+        self.low = np.asarray(low, dtype=np.float32)
+        self.high = np.asarray(high, dtype=np.float32)
+
+    def dist(self, obs: torch.Tensor) -> DiagGaussianDist:
+        return DiagGaussianDist(self(obs), self.log_std)
+
+    def env_action(self, action: torch.Tensor) -> np.ndarray:
+        return np.clip(action.cpu().numpy(), self.low, self.high)
+
+
+Actor = CategoricalActor | GaussianActor
+
+
+def make_actor(ctx_obs_space: gym.Space, action_space: gym.Space, net: NetworkConfig,
+               log_std_init: float = 0.0) -> Actor:
+    """Policy network for the action space, orthogonally initialised (policy head gain 0.01)."""
+    in_dim = obs_dim(ctx_obs_space)
+    if isinstance(action_space, gym.spaces.Discrete):
+        actor: Actor = CategoricalActor(in_dim, action_dim(action_space), net)
+    else:
+        actor = GaussianActor(in_dim, action_dim(action_space), net, action_space.low, action_space.high,
+                              log_std_init)
+    orthogonal_init(actor.body)
+    orthogonal_init(actor.head, gain=0.01)
+    return actor
+
+
+def make_critic(obs_space: gym.Space, net: NetworkConfig) -> MLP:
+    """State-value network V(s), separate from the actor (value head gain 1)."""
+    critic = MLP(obs_dim(obs_space), 1, net)
+    orthogonal_init(critic.body)
+    orthogonal_init(critic.head, gain=1.0)
+    return critic
+
+
+def action_shape_and_dtype(action_space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
+    if isinstance(action_space, gym.spaces.Discrete):
+        return (), torch.int64
+    return (action_dim(action_space),), torch.float32
+
+
+# -- running normalisation ---------------------------------------------------------------------------------
+
+
+class RunningMeanStd:
+    """Running mean and variance by the parallel algorithm (Chan et al.), float64."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = 1e-4
+
+    def update(self, batch: np.ndarray) -> None:
+        batch_mean, batch_var, batch_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.mean = np.asarray(state["mean"], dtype=np.float64).copy()
+        self.var = np.asarray(state["var"], dtype=np.float64).copy()
+        self.count = float(state["count"])
+
+
+class ObsNormalizer:
+    """(obs − mean) / std, clipped; an identity when disabled. Stats update only while training."""
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool, clip: float = 10.0, eps: float = 1e-8):
+        self.enabled = enabled
+        self.rms = RunningMeanStd(shape)
+        self.clip = clip
+        self.eps = eps
+
+    def update(self, obs: np.ndarray) -> None:
+        if self.enabled:
+            self.rms.update(obs)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return np.asarray(obs, dtype=np.float32)
+        scaled = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return self.rms.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.rms.load_state(state)
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return (VecNormalize's norm_reward)."""
+
+    def __init__(self, num_envs: int, gamma: float, enabled: bool, clip: float = 10.0, eps: float = 1e-8):
+        self.enabled = enabled
+        self.gamma = gamma
+        self.rms = RunningMeanStd(())
+        self.running_return = np.zeros(num_envs, dtype=np.float64)
+        self.clip = clip
+        self.eps = eps
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return rewards
+        self.running_return = self.running_return * self.gamma + rewards
+        self.rms.update(self.running_return)
+        self.running_return[dones] = 0.0
+        return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+
+    def state(self) -> dict[str, Any]:
+        return {**self.rms.state(), "running_return": self.running_return.copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.rms.load_state(state)
+        self.running_return = np.asarray(state["running_return"], dtype=np.float64).copy()
+
+
+# -- rollout storage and collection ------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutStorage:
+    """One rollout, every tensor shaped (num_steps, num_envs, ...), preallocated once."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    values: torch.Tensor
+    next_values: torch.Tensor
+    terminated: torch.Tensor
+    dones: torch.Tensor
+
+    @classmethod
+    def allocate(cls, num_steps: int, num_envs: int, obs_space: gym.Space, action_space: gym.Space,
+                 device: torch.device) -> RolloutStorage:
+        action_shape, action_dtype = action_shape_and_dtype(action_space)
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
+
+        return cls(obs=zeros(*obs_space.shape), actions=zeros(*action_shape, dtype=action_dtype),
+                   logprobs=zeros(), rewards=zeros(), values=zeros(), next_values=zeros(),
+                   terminated=zeros(), dones=zeros())
+
+    @property
+    def num_steps(self) -> int:
+        return self.rewards.shape[0]
+
+
+def _as_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.as_tensor(array, dtype=dtype, device=device)
+
+
+@torch.inference_mode()
+def collect_rollout(runner: EnvRunner, storage: RolloutStorage, actor: Actor, critic: nn.Module | None,
+                    obs_norm: ObsNormalizer, reward_scaler: RewardScaler) -> None:
+    """Fill `storage` with `num_steps` vector steps of the current stochastic policy.
+
+    `next_values` are filled for GAE: V of the following observation, V of the true final observation where
+    an episode was truncated, 0 where it terminated. Without a critic all values are 0.
+    """
+    device = storage.rewards.device
+    truncated_values: list[tuple[int, np.ndarray, torch.Tensor]] = []
+    for t in range(storage.num_steps):
+        obs_norm.update(runner.obs)
+        obs = _as_tensor(obs_norm(runner.obs), device)
+        dist = actor.dist(obs)
+        action = dist.sample()
+        storage.obs[t] = obs
+        storage.actions[t] = action
+        storage.logprobs[t] = dist.log_prob(action)
+        if critic is not None:
+            storage.values[t] = critic(obs).squeeze(-1)
+        step = runner.step(actor.env_action(action))
+        storage.rewards[t] = _as_tensor(reward_scaler(step.reward, step.done), device)
+        storage.terminated[t] = _as_tensor(step.terminated, device)
+        storage.dones[t] = _as_tensor(step.done, device)
+        cut = step.truncated & ~step.terminated
+        if critic is not None and cut.any():
+            index = np.flatnonzero(cut)
+            final_obs = _as_tensor(obs_norm(step.next_obs[index]), device)
+            truncated_values.append((t, index, critic(final_obs).squeeze(-1)))
+    if critic is None:
+        return
+    storage.next_values[:-1] = storage.values[1:]
+    storage.next_values[-1] = critic(_as_tensor(obs_norm(runner.obs), device)).squeeze(-1)
+    for t, index, values in truncated_values:
+        storage.next_values[t, torch.as_tensor(index, device=device)] = values
+
+
+# -- small helpers shared by the agents --------------------------------------------------------------------
+
+
+def linear_decay(start: float, global_step: int, total_steps: int) -> float:
+    """`start` decayed linearly to 0 over the run; derived from the global step, so resume is exact."""
+    return start * max(1.0 - global_step / max(total_steps, 1), 0.0)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def check_batch(num_steps: int, num_envs: int, minibatch_size: int | None, algo: str) -> int:
+    """Validate the rollout shape; returns the batch size num_steps × num_envs."""
+    if num_steps <= 0:
+        raise ValueError(f"algo.num_steps must be positive, got {num_steps}")
+    batch_size = num_steps * num_envs
+    if minibatch_size is not None:
+        if minibatch_size <= 0:
+            raise ValueError(f"algo.minibatch_size must be positive, got {minibatch_size}")
+        if minibatch_size > batch_size:
+            raise ValueError(
+                f"algo={algo}: minibatch_size={minibatch_size} is larger than one rollout "
+                f"(num_steps × num_envs = {num_steps} × {num_envs} = {batch_size}). Lower algo.minibatch_size "
+                f"or raise algo.num_steps / algo.num_envs.")
+    return batch_size
+
+
+class Deterministic:
+    """`act` for evaluation: normalise with frozen stats, take the mode, clip to the bounds."""
+
+    def __init__(self, actor: Actor, obs_norm: ObsNormalizer, device: torch.device):
+        self.actor, self.obs_norm, self.device = actor, obs_norm, device
+
+    @torch.inference_mode()
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        dist = self.actor.dist(_as_tensor(self.obs_norm(obs), self.device))
+        return self.actor.env_action(dist.mode())
+
+
+
+class PolicyParts:
+    """What every on-policy agent owns: actor, optional critic, normalisers and rollout storage.
+
+    Composition, not a base class: each algorithm file builds one and writes its own update.
+    """
+
+    def __init__(self, ctx: Any, num_steps: int, gamma: float, with_critic: bool, normalize_obs: bool,
+                 normalize_reward: bool, log_std_init: float = 0.0):
+        obs_space, action_space = ctx.observation_space, ctx.action_space
+        self.device = ctx.device
+        self.actor = make_actor(obs_space, action_space, ctx.network, log_std_init).to(ctx.device)
+        self.critic = make_critic(obs_space, ctx.network).to(ctx.device) if with_critic else None
+        self.obs_norm = ObsNormalizer(obs_space.shape, normalize_obs)
+        self.reward_scaler = RewardScaler(ctx.num_envs, gamma, normalize_reward)
+        self.storage = RolloutStorage.allocate(num_steps, ctx.num_envs, obs_space, action_space, ctx.device)
+        self.act = Deterministic(self.actor, self.obs_norm, ctx.device)
+
+    def collect(self, runner: EnvRunner) -> RolloutStorage:
+        collect_rollout(runner, self.storage, self.actor, self.critic, self.obs_norm, self.reward_scaler)
+        return self.storage
+
+    def modules(self) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {"actor": self.actor}
+        if self.critic is not None:
+            modules["critic"] = self.critic
+        return modules
+
+    def normaliser_state(self) -> dict[str, Any]:
+        return {"obs_norm": self.obs_norm.state(), "reward_scaler": self.reward_scaler.state()}
+
+    def load_normaliser_state(self, state: dict[str, Any]) -> None:
+        self.obs_norm.load_state(state["obs_norm"])
+        self.reward_scaler.load_state(state["reward_scaler"])
