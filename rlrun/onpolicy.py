@@ -424,3 +424,20 @@ class PolicyParts:
     def load_normaliser_state(self, state: dict[str, Any]) -> None:
         self.obs_norm.load_state(state["obs_norm"])
         self.reward_scaler.load_state(state["reward_scaler"])
+
+
+def fit_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, obs: torch.Tensor, returns: torch.Tensor,
+               epochs: int, minibatch_size: int | None = None) -> torch.Tensor:
+    """Regress V(s) on `returns` by MSE: `epochs` passes, full-batch steps or shuffled minibatches."""
+    size = obs.shape[0]
+    step = size if minibatch_size is None else minibatch_size
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        order = torch.randperm(size, device=obs.device) if step < size else None
+        for start in range(0, size, step):
+            index = order[start:start + step] if order is not None else slice(None)
+            loss = (critic(obs[index]).squeeze(-1) - returns[index]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return loss.detach()

@@ -19,8 +19,7 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.onpolicy import (PolicyParts, check_batch, compute_gae, linear_decay, normalize,
-                            set_learning_rate)
+from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, linear_decay, normalize, set_learning_rate
 
 
 @dataclass
@@ -85,12 +84,15 @@ def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advant
 
 def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                clip_coef: float | None) -> torch.Tensor:
-    """½·(V − R)², or with clip_coef the max of that and the clipped-update version (PPO2's value clip)."""
+    """Mean (V − R)², or with clip_coef the max of that and the clipped-update version (PPO2's value clip).
+
+    Plain MSE as in SB3 (so the zoo presets' vf_coef means the same); CleanRL halves it.
+    """
     unclipped = (new_values - returns).pow(2)
     if clip_coef is None:
-        return 0.5 * unclipped.mean()
+        return unclipped.mean()
     clipped_values = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
-    return 0.5 * torch.maximum(unclipped, (clipped_values - returns).pow(2)).mean()
+    return torch.maximum(unclipped, (clipped_values - returns).pow(2)).mean()
 
 
 class PPOAgent:

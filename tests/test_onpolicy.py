@@ -1,0 +1,225 @@
+"""Pure-function tests of the on-policy family against hand-computed numbers and torch.distributions."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import rlrun
+
+from rlrun.algos.a2c import A2CConfig, a2c_loss
+from rlrun.algos.ppo import PPOAgent, PPOConfig, ppo_policy_loss, value_loss
+from rlrun.algos.protocol import AgentContext
+from rlrun.algos.trpo import TRPOAgent, TRPOConfig, conjugate_gradient, line_search, max_step_size
+from rlrun.config import NetworkConfig
+from rlrun.onpolicy import (
+    CategoricalDist,
+    DiagGaussianDist,
+    RewardScaler,
+    RunningMeanStd,
+    compute_gae,
+    episode_complete,
+    reward_to_go,
+)
+
+# Two envs, three steps. Env 0 is truncated at t=1 (bootstrap from V(true final obs) = 4.0);
+# env 1 terminates at t=1 (its next value 9.0 must be ignored). Columns are envs.
+REWARDS = torch.tensor([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
+VALUES = torch.tensor([[0.5, 0.2], [1.0, 0.3], [1.5, 0.4]])
+NEXT_VALUES = torch.tensor([[1.0, 0.3], [4.0, 9.0], [2.0, 0.5]])
+TERMINATED = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+DONES = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+
+
+def test_gae_hand_computed_truncated_and_terminated():
+    gamma, lam = 0.9, 0.8
+    advantages = compute_gae(REWARDS, VALUES, NEXT_VALUES, TERMINATED, DONES, gamma, lam)
+    # env 0: δ = [1 + .9·1 − .5, 2 + .9·4 − 1, 3 + .9·2 − 1.5] = [1.4, 4.6, 3.3]; the cut after t=1
+    # stops the recursion: A = [1.4 + .72·4.6, 4.6, 3.3].
+    # env 1: δ = [1 + .9·.3 − .2, 1 − .3, 1 + .9·.5 − .4] = [1.07, .7, 1.05] (no bootstrap at t=1).
+    expected = torch.tensor([[4.712, 1.574], [4.6, 0.7], [3.3, 1.05]])
+    torch.testing.assert_close(advantages, expected)
+
+
+def test_gae_with_lambda_one_matches_reward_to_go():
+    advantages = compute_gae(REWARDS, VALUES, NEXT_VALUES, TERMINATED, DONES, 0.9, 1.0)
+    returns = reward_to_go(REWARDS, NEXT_VALUES, TERMINATED, DONES, 0.9)
+    torch.testing.assert_close(advantages + VALUES, returns)
+
+
+def test_reward_to_go_hand_computed():
+    returns = reward_to_go(REWARDS, NEXT_VALUES, TERMINATED, DONES, 0.9)
+    # env 0: R2 = 3 + .9·2 (bootstrap at the rollout end), R1 = 2 + .9·4 (truncated), R0 = 1 + .9·R1.
+    # env 1: R2 = 1 + .9·.5, R1 = 1 (terminated), R0 = 1 + .9·1.
+    expected = torch.tensor([[6.04, 1.9], [5.6, 1.0], [4.8, 1.45]])
+    torch.testing.assert_close(returns, expected)
+
+
+def test_monte_carlo_reward_to_go_and_completeness():
+    returns = reward_to_go(REWARDS, torch.zeros_like(REWARDS), TERMINATED, DONES, 0.9)
+    torch.testing.assert_close(returns[:, 0], torch.tensor([2.8, 2.0, 3.0]))
+    complete = episode_complete(DONES)
+    # t=2 of both envs belongs to an episode still running at the end of the rollout.
+    torch.testing.assert_close(complete, torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_ppo_clipped_objective_on_constructed_batch():
+    ratios = torch.tensor([1.5, 0.5, 1.1, 0.7])
+    advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    old_logprob = torch.tensor([-1.0, -2.0, -0.5, -1.5])
+    new_logprob = (old_logprob + ratios.log()).requires_grad_(True)
+    loss, approx_kl, clip_fraction = ppo_policy_loss(new_logprob, old_logprob, advantages, clip_coef=0.2)
+    # min(ρA, clip(ρ)A) = [min(1.5, 1.2), min(.5, .8), min(−1.1, −1.1), min(−.7, −.8)] = [1.2, .5, −1.1, −.8]
+    torch.testing.assert_close(loss, torch.tensor(-(1.2 + 0.5 - 1.1 - 0.8) / 4))
+    torch.testing.assert_close(clip_fraction, torch.tensor(0.75))
+    expected_kl = ((ratios - 1) - ratios.log()).mean()
+    torch.testing.assert_close(approx_kl, expected_kl)
+    loss.backward()
+    # The clipped terms (ρ=1.5 with A>0, ρ=0.7 with A<0) carry no gradient; the others −ρA/4.
+    torch.testing.assert_close(new_logprob.grad, torch.tensor([0.0, -0.5 / 4, 1.1 / 4, 0.0]))
+
+
+def test_value_loss_clipping():
+    new = torch.tensor([2.0, 0.0])
+    old = torch.tensor([1.0, 1.0])
+    returns = torch.tensor([3.0, 0.0])
+    torch.testing.assert_close(value_loss(new, old, returns, None), torch.tensor((1.0 + 0.0) / 2))
+    # clipped predictions: [1.2, 0.8] → errors² [3.24, 0.64]; max with unclipped [1, 0] → [3.24, .64]
+    torch.testing.assert_close(value_loss(new, old, returns, 0.2), torch.tensor((3.24 + 0.64) / 2))
+
+
+def test_a2c_loss_terms():
+    logprob = torch.tensor([-1.0, -2.0])
+    loss, metrics = a2c_loss(logprob, torch.tensor([0.5, 0.7]), torch.tensor([1.0, 2.0]),
+                             torch.tensor([2.0, -1.0]), torch.tensor([2.0, 2.0]), ent_coef=0.1, vf_coef=0.5)
+    # policy −(−2 + 2)/2 = 0; value ((1−2)² + 0)/2 = .5; entropy .6 → 0 − .06 + .25
+    torch.testing.assert_close(loss, torch.tensor(0.19))
+    torch.testing.assert_close(metrics["losses/value_loss"], torch.tensor(0.5))
+
+
+def test_gaussian_log_prob_entropy_kl_match_torch():
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(5, 3), torch.randn(3) * 0.3
+    ours = DiagGaussianDist(mean, log_std)
+    ref = torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp().expand(5, 3)), 1)
+    actions = torch.randn(5, 3)
+    torch.testing.assert_close(ours.log_prob(actions), ref.log_prob(actions))
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    other_mean, other_log_std = torch.randn(5, 3), torch.randn(3) * 0.3
+    other_ref = torch.distributions.Independent(
+        torch.distributions.Normal(other_mean, other_log_std.exp().expand(5, 3)), 1)
+    torch.testing.assert_close(ours.kl(DiagGaussianDist(other_mean, other_log_std)),
+                               torch.distributions.kl_divergence(ref, other_ref))
+
+
+def test_categorical_matches_torch():
+    torch.manual_seed(0)
+    logits, other_logits = torch.randn(6, 4), torch.randn(6, 4)
+    ours, ref = CategoricalDist(logits), torch.distributions.Categorical(logits=logits)
+    actions = torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.testing.assert_close(ours.log_prob(actions), ref.log_prob(actions))
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    torch.testing.assert_close(ours.kl(CategoricalDist(other_logits)), torch.distributions.kl_divergence(
+        ref, torch.distributions.Categorical(logits=other_logits)))
+    assert ours.sample().shape == (6,)
+
+
+def test_conjugate_gradient_solves_spd_system():
+    matrix = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+    b = torch.tensor([1.0, 2.0])
+    x = conjugate_gradient(lambda v: matrix @ v, b, max_steps=10)
+    torch.testing.assert_close(x, torch.tensor([1.0 / 11.0, 7.0 / 11.0]))
+    torch.manual_seed(0)
+    q = torch.randn(8, 8, dtype=torch.float64)
+    spd = q @ q.T + 8 * torch.eye(8, dtype=torch.float64)
+    rhs = torch.randn(8, dtype=torch.float64)
+    torch.testing.assert_close(conjugate_gradient(lambda v: spd @ v, rhs, max_steps=8),
+                               torch.linalg.solve(spd, rhs))
+
+
+def test_line_search_respects_kl_limit():
+    fisher = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    gradient = torch.tensor([1.0, 1.0])
+    direction = torch.linalg.solve(fisher, gradient)
+    max_kl = 0.01
+    full_step = max_step_size(direction, fisher @ direction, max_kl) * direction
+    # The quadratic model says the full step is exactly at the limit; the "true" KL here is 3× the model,
+    # so the search must back off to a fraction f with 3·f²·δ < δ, i.e. f < 0.577.
+    evaluated = []
+
+    def evaluate(fraction: float) -> tuple[float, float]:
+        step = fraction * full_step
+        kl = 3.0 * 0.5 * float(step @ fisher @ step)
+        evaluated.append((fraction, kl))
+        return float(gradient @ step), kl
+
+    fraction = line_search(evaluate, 0.0, max_kl, shrink=0.8, max_iter=10)
+    assert fraction is not None
+    assert 3.0 * fraction**2 * max_kl < max_kl
+    assert fraction == pytest.approx(0.8**3)  # 1, .8, .64 violate (3·.64² = 1.23 > 1); .512 is the first
+    assert all(kl >= max_kl for _, kl in evaluated[:-1])
+    # No improvement anywhere (objective falls along the step): the search gives up.
+    assert line_search(lambda f: (-f, 0.0), 0.0, max_kl, 0.8, 10) is None
+
+
+def _context(env_id: str) -> AgentContext:
+    env = gym.make(env_id)
+    return AgentContext(env.observation_space, env.action_space, NetworkConfig(hidden=[16], activation="tanh"),
+                        torch.device("cpu"), 0, 10_000, 2)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_trpo_policy_step_stays_in_trust_region(env_id):
+    torch.manual_seed(0)
+    ctx = _context(env_id)
+    agent = TRPOAgent(TRPOConfig(num_steps=64, minibatch_size=32, target_kl=0.01), ctx)
+    obs = torch.randn(128, ctx.observation_space.shape[0])
+    with torch.no_grad():
+        old_dist = agent.actor.dist(obs)
+        actions = old_dist.sample()
+        old_logprobs = old_dist.log_prob(actions)
+    advantages = torch.randn(128)
+    metrics = agent.policy_step(obs, actions, old_logprobs, advantages)
+    with torch.no_grad():
+        new_dist = agent.actor.dist(obs)
+        kl = old_dist.kl(new_dist).mean()
+    assert metrics["charts/line_search_success"] == 1.0
+    assert 0.0 < float(kl) < 0.01
+    assert float(metrics["losses/surrogate_gain"]) > 0.0
+
+
+def test_running_mean_std_matches_numpy():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(300, 4))
+    rms = RunningMeanStd((4,))
+    for chunk in np.split(data, 6):
+        rms.update(chunk)
+    np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
+
+
+def test_reward_scaler_state_round_trip():
+    scaler = RewardScaler(num_envs=2, gamma=0.99, enabled=True)
+    for _ in range(5):
+        scaler(np.array([1.0, -2.0]), np.array([False, True]))
+    copy = RewardScaler(num_envs=2, gamma=0.99, enabled=True)
+    copy.load_state(scaler.state())
+    rewards, dones = np.array([0.5, 0.5]), np.array([False, False])
+    np.testing.assert_array_equal(scaler(rewards, dones), copy(rewards, dones))
+
+
+def test_minibatch_larger_than_rollout_is_a_clear_error():
+    with pytest.raises(ValueError, match="minibatch_size=4096 is larger than one rollout"):
+        PPOAgent(PPOConfig(num_steps=128, minibatch_size=4096), _context("CartPole-v1"))
+    with pytest.raises(ValueError, match="num_steps must be positive"):
+        PPOAgent(PPOConfig(num_steps=0), _context("CartPole-v1"))
+    assert A2CConfig().num_steps == 5
+
+
+def test_cli_bad_minibatch_exits_with_message(tmp_path):
+    proc = rlrun(tmp_path / "run", "algo=ppo", "env=cartpole", "algo.num_envs=2", "algo.num_steps=16",
+                 "algo.minibatch_size=64", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "minibatch_size=64 is larger than one rollout" in proc.stderr
+    assert "Traceback" not in proc.stderr
