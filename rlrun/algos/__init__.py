@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
-from rlrun.algos import dqn
+from rlrun.algos import ddpg, dqn, sac, td3
 from rlrun.algos.protocol import Agent
 
 
@@ -27,6 +27,9 @@ class AlgoSpec:
 
 ALGORITHMS: dict[str, AlgoSpec] = {
     "dqn": AlgoSpec(dqn.DQNConfig, dqn.DQNAgent, discrete=True, continuous=False),
+    "ddpg": AlgoSpec(ddpg.DDPGConfig, ddpg.DDPGAgent, discrete=False, continuous=True),
+    "td3": AlgoSpec(td3.TD3Config, td3.TD3Agent, discrete=False, continuous=True),
+    "sac": AlgoSpec(sac.SACConfig, sac.SACAgent, discrete=False, continuous=True),
     "double_dqn": AlgoSpec(dqn.DQNConfig, dqn.DQNAgent, discrete=True, continuous=False),
 }
 

@@ -1,0 +1,267 @@
+"""SAC: Soft Actor-Critic with automatic entropy tuning.
+
+Haarnoja et al., "Soft Actor-Critic: Off-Policy Maximum Entropy Deep Reinforcement Learning with a Stochastic
+Actor", ICML 2018; Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", arXiv:1812.05905 (2018)
+(twin Q, no value network, learned temperature).
+
+The actor is a squashed Gaussian: u ~ N(μ(s), σ(s)²), a = tanh(u), whose log-density needs the
+change-of-variables term −Σ log(1 − tanh(u)²). Two critics regress on the soft target
+r + γ(1 − terminated)·(min_i Q'_i(s', a') − α log π(a'|s')), a' ~ π(·|s'); the critics' targets are
+Polyak-averaged copies. The actor minimises α log π(a|s) − min_i Q_i(s, a). The temperature α is learned so
+that the policy's entropy tracks a target (−|A| by default), or kept fixed (`autotune=false`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlrun.algos.protocol import AgentContext
+from rlrun.buffers import ReplayBuffer
+from rlrun.config import NetworkConfig
+from rlrun.envs import EnvRunner
+from rlrun.networks import MLP, obs_dim, polyak_update
+from rlrun.offpolicy import (
+    ActionScaler,
+    Critics,
+    check_common,
+    collect,
+    gradient_steps_per_phase,
+    make_adam,
+    random_actions,
+)
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # keeps σ in a numerically safe range (as SB3 and the reference code)
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    linear = "linear"
+
+
+@dataclass
+class SACConfig:
+    name: str = "sac"
+    """Registry name."""
+    num_envs: int = 1
+    """Parallel envs collecting transitions."""
+    actor_lr: float = 3e-4
+    """Adam step size of the actor."""
+    critic_lr: float = 3e-4
+    """Adam step size of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam step size of log α (autotune only)."""
+    lr_schedule: LRSchedule = LRSchedule.constant
+    """constant, or linear: every learning rate decays linearly to 0 at total_steps (rl-zoo's lin_…)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    learning_starts: int = 10_000
+    """Env steps of uniform random actions (and no training) before learning starts."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target critics: target ← τ·online + (1 − τ)·target."""
+    train_freq: int = 1
+    """Vector steps between training phases."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase; -1 = as many as env steps collected (train_freq * num_envs)."""
+    target_update_interval: int = 1
+    """Gradient steps between target-critic updates."""
+    alpha: float = 1.0
+    """The temperature α: its fixed value, or its initial value when autotune is on."""
+    autotune: bool = True
+    """Learn α so that the policy's entropy tracks target_entropy."""
+    target_entropy: float | None = None
+    """Entropy target of the autotuning; null = −|A| (the paper's heuristic)."""
+    n_critics: int = 2
+    """Critics whose minimum is used (2 = clipped double Q)."""
+
+
+def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log π(tanh(u)) for u ~ N(mean, exp(log_std)²), summed over action dimensions.
+
+    log π(a) = log N(u) − Σ log(1 − tanh(u)²), and log(1 − tanh(u)²) = 2(log 2 − u − softplus(−2u)), which
+    stays finite where tanh(u) rounds to ±1.
+    """
+    gaussian = -0.5 * ((u - mean) / log_std.exp()).square() - log_std - 0.5 * math.log(2 * math.pi)
+    log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return (gaussian - log_det).sum(dim=-1)
+
+
+def sac_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+               next_log_prob: torch.Tensor, alpha: torch.Tensor | float, gamma: float) -> torch.Tensor:
+    """r + γ(1 − terminated)·(min_i Q'_i(s', a') − α log π(a'|s')).
+
+    `next_q` is [n_critics, batch]. Truncated transitions have terminated = 0 and bootstrap from their true
+    final observation.
+    """
+    soft_value = next_q.min(dim=0).values - alpha * next_log_prob
+    return rewards + gamma * (1.0 - terminated) * soft_value
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """−log α·(log π + H̄): α grows when the entropy −log π is below the target H̄, shrinks when above."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+class SquashedGaussianActor(MLP):
+    """One MLP whose head outputs [mean, log σ]; actions are tanh of a Gaussian sample."""
+
+    def __init__(self, n_obs: int, n_act: int, net: NetworkConfig):
+        super().__init__(n_obs, 2 * n_act, net)
+
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = super().forward(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action in the unit box and its log-probability."""
+        mean, log_std = self.distribution(obs)
+        u = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(u), squashed_log_prob(u, mean, log_std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action tanh(mean)."""
+        return torch.tanh(self.distribution(obs)[0])
+
+
+class SACAgent:
+    def __init__(self, cfg: SACConfig, ctx: AgentContext):
+        check_common(cfg.batch_size, cfg.train_freq, cfg.tau, cfg.gamma)
+        if cfg.alpha <= 0 or cfg.n_critics <= 0 or cfg.target_update_interval <= 0:
+            raise ValueError("algo.alpha, algo.n_critics and algo.target_update_interval must be > 0")
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.scaler = ActionScaler(ctx.action_space)
+        n_obs, n_act = obs_dim(ctx.observation_space), self.scaler.dim
+        self.actor = SquashedGaussianActor(n_obs, n_act, ctx.network).to(ctx.device)
+        self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_params = list(self.actor.parameters())
+        self.actor_optimizer = make_adam(self.actor_params, cfg.actor_lr)
+        self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
+        self.log_alpha = torch.tensor(math.log(cfg.alpha), device=ctx.device, requires_grad=cfg.autotune)
+        self.alpha_optimizer = make_adam([self.log_alpha], cfg.alpha_lr) if cfg.autotune else None
+        self.target_entropy = float(-n_act if cfg.target_entropy is None else cfg.target_entropy)
+        self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
+                                   ctx.device)
+        self.rng = np.random.default_rng(ctx.seed)
+        self.gradient_steps = gradient_steps_per_phase(cfg.gradient_steps, cfg.train_freq, ctx.num_envs)
+        self.n_updates = 0
+
+    def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        pairs = [(self.actor_optimizer, self.cfg.actor_lr), (self.critic_optimizer, self.cfg.critic_lr)]
+        if self.alpha_optimizer is not None:
+            pairs.append((self.alpha_optimizer, self.cfg.alpha_lr))
+        return pairs
+
+    def set_learning_rates(self, step: int) -> None:
+        if self.cfg.lr_schedule == LRSchedule.linear:
+            fraction_left = max(1.0 - step / self.ctx.total_steps, 0.0)
+            for optimizer, lr in self.optimizers():
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * fraction_left
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic actions tanh(mean) in the env's bounds."""
+        actions = self.actor(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        return self.scaler.to_env(actions.cpu().numpy())
+
+    @torch.inference_mode()
+    def _explore(self, obs: np.ndarray) -> np.ndarray:
+        actions, _ = self.actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        return actions.cpu().numpy()
+
+    def train_iteration(self, runner: EnvRunner) -> dict[str, Any]:
+        cfg = self.cfg
+        for _ in range(cfg.train_freq):
+            if runner.global_step < cfg.learning_starts:
+                actions = random_actions(self.rng, runner.num_envs, self.scaler.dim)
+            else:
+                actions = self._explore(runner.obs)
+            collect(runner, self.buffer, actions, self.scaler)
+        metrics: dict[str, Any] = {}
+        if runner.global_step > cfg.learning_starts:
+            self.set_learning_rates(runner.global_step)
+            for _ in range(self.gradient_steps):
+                metrics = self.update()
+        return metrics
+
+    def update(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = self.buffer.sample(cfg.batch_size, self.rng)
+        actions_pi, log_prob_pi = self.actor.sample(batch.obs)
+        alpha = self.log_alpha.detach().exp()
+        metrics: dict[str, torch.Tensor] = {}
+        if self.alpha_optimizer is not None:
+            alpha_loss = temperature_loss(self.log_alpha, log_prob_pi, self.target_entropy)
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            metrics["losses/alpha_loss"] = alpha_loss.detach()
+
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(batch.next_obs)
+            targets = sac_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
+                                 next_log_prob, alpha, cfg.gamma)
+        q_values = self.critic(batch.obs, batch.actions)
+        critic_loss = 0.5 * (q_values - targets).square().mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        # The actor is scored by the just-updated critics (as in the paper's and SB3's order).
+        q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
+        actor_loss = (alpha * log_prob_pi - q_pi).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        # Only the actor's gradients: the critics' weight gradients would be thrown away.
+        actor_loss.backward(inputs=self.actor_params)
+        self.actor_optimizer.step()
+
+        self.n_updates += 1
+        if self.n_updates % cfg.target_update_interval == 0:
+            polyak_update(self.critic_target, self.critic, cfg.tau)
+        metrics.update({"losses/critic_loss": critic_loss.detach(), "losses/actor_loss": actor_loss.detach(),
+                        "losses/q_values": q_values.detach().mean(), "charts/alpha": alpha,
+                        "charts/entropy": -log_prob_pi.detach().mean()})
+        return metrics
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+
+    def training_state(self) -> dict[str, Any]:
+        return {"actor_optimizer": self.actor_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(),
+                "alpha_optimizer": (self.alpha_optimizer.state_dict() if self.alpha_optimizer is not None
+                                    else {}),
+                "log_alpha": self.log_alpha.detach().clone(), "n_updates": self.n_updates,
+                "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        with torch.no_grad():
+            self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
+        self.n_updates = int(state["n_updates"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+    def buffer_arrays(self) -> dict[str, np.ndarray]:
+        return self.buffer.arrays()
+
+    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.buffer.load_arrays(arrays)

@@ -1,0 +1,204 @@
+"""TD3: Twin Delayed Deep Deterministic policy gradient.
+
+Fujimoto, van Hoof & Meger, "Addressing Function Approximation Error in Actor-Critic Methods", ICML 2018.
+
+DDPG plus three fixes for Q overestimation: (1) clipped double Q — two critics, the target takes the smaller
+of the two target critics' values; (2) target policy smoothing — the target action is the target actor's
+action plus clipped Gaussian noise, so the critic cannot exploit narrow peaks; (3) delayed updates — the
+actor and all target networks move once every `policy_delay` critic updates. The actor maximises the first
+critic. Exploration adds Gaussian (or Ornstein–Uhlenbeck) noise to the actor's action; before
+`learning_starts` actions are uniform random.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlrun.algos.protocol import AgentContext
+from rlrun.buffers import ReplayBuffer
+from rlrun.envs import EnvRunner
+from rlrun.networks import obs_dim, polyak_update
+from rlrun.offpolicy import (
+    ActionScaler,
+    Critics,
+    DeterministicActor,
+    NoiseType,
+    add_noise,
+    check_common,
+    collect,
+    gradient_steps_per_phase,
+    make_adam,
+    make_noise,
+    random_actions,
+)
+
+
+@dataclass
+class TD3Config:
+    name: str = "td3"
+    """Registry name."""
+    num_envs: int = 1
+    """Parallel envs collecting transitions."""
+    actor_lr: float = 1e-3
+    """Adam step size of the actor."""
+    critic_lr: float = 1e-3
+    """Adam step size of the critics."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    learning_starts: int = 10_000
+    """Env steps of uniform random actions (and no training) before learning starts."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target networks: target ← τ·online + (1 − τ)·target."""
+    train_freq: int = 1
+    """Vector steps between training phases."""
+    gradient_steps: int = 1
+    """Critic updates per training phase; -1 = as many as env steps collected (train_freq * num_envs)."""
+    policy_delay: int = 2
+    """Critic updates per actor (and target) update."""
+    target_noise: float = 0.2
+    """Std of the Gaussian noise added to the target action (target policy smoothing), unit action scale."""
+    noise_clip: float = 0.5
+    """The target-smoothing noise is clipped to ±noise_clip."""
+    noise: NoiseType = NoiseType.gaussian
+    """Exploration noise: gaussian, ou (Ornstein–Uhlenbeck) or none."""
+    noise_sigma: float = 0.1
+    """Exploration noise scale σ, in unit action scale ([-1, 1])."""
+    noise_theta: float = 0.15
+    """OU mean-reversion rate θ (noise=ou only)."""
+    noise_dt: float = 1e-2
+    """OU time step dt (noise=ou only)."""
+    n_critics: int = 2
+    """Critics whose minimum forms the target (2 = clipped double Q)."""
+
+
+def smoothed_target_actions(target_actions: torch.Tensor, noise_std: float, noise_clip: float) -> torch.Tensor:
+    """μ'(s') + clip(N(0, σ²), −c, c), clipped to the unit box (target policy smoothing, TD3 §5.3)."""
+    if noise_std <= 0:
+        return target_actions
+    noise = (torch.randn_like(target_actions) * noise_std).clamp(-noise_clip, noise_clip)
+    return (target_actions + noise).clamp(-1.0, 1.0)
+
+
+def td3_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+               gamma: float) -> torch.Tensor:
+    """r + γ(1 − terminated)·min_i Q'_i(s', ã).
+
+    `next_q` is [n_critics, batch]. A truncated transition has terminated = 0 and bootstraps from its true
+    final observation s'.
+    """
+    return rewards + gamma * (1.0 - terminated) * next_q.min(dim=0).values
+
+
+class TD3Agent:
+    def __init__(self, cfg: TD3Config, ctx: AgentContext):
+        check_common(cfg.batch_size, cfg.train_freq, cfg.tau, cfg.gamma)
+        if cfg.policy_delay <= 0 or cfg.n_critics <= 0:
+            raise ValueError("algo.policy_delay and algo.n_critics must be > 0")
+        self.cfg = cfg
+        self.device = ctx.device
+        self.scaler = ActionScaler(ctx.action_space)
+        n_obs, n_act = obs_dim(ctx.observation_space), self.scaler.dim
+        self.actor = DeterministicActor(n_obs, n_act, ctx.network).to(ctx.device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_params = list(self.actor.parameters())
+        self.actor_optimizer = make_adam(self.actor_params, cfg.actor_lr)
+        self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
+        self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
+                                   ctx.device)
+        self.rng = np.random.default_rng(ctx.seed)
+        self.noise = make_noise(cfg.noise, ctx.num_envs, n_act, cfg.noise_sigma, cfg.noise_theta, cfg.noise_dt,
+                                self.rng)
+        self.gradient_steps = gradient_steps_per_phase(cfg.gradient_steps, cfg.train_freq, ctx.num_envs)
+        self.n_updates = 0
+        self.last_actor_loss = torch.zeros(())
+
+    @torch.inference_mode()
+    def _policy(self, obs: np.ndarray) -> np.ndarray:
+        """μ(s) in the unit box."""
+        return self.actor(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).cpu().numpy()
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic actions in the env's bounds."""
+        return self.scaler.to_env(self._policy(obs))
+
+    def train_iteration(self, runner: EnvRunner) -> dict[str, Any]:
+        cfg = self.cfg
+        for _ in range(cfg.train_freq):
+            if runner.global_step < cfg.learning_starts:
+                actions = random_actions(self.rng, runner.num_envs, self.scaler.dim)
+            else:
+                actions = add_noise(self._policy(runner.obs), self.noise)
+            step = collect(runner, self.buffer, actions, self.scaler)
+            if self.noise is not None and step.done.any():
+                self.noise.reset(step.done)
+        metrics: dict[str, Any] = {}
+        if runner.global_step > cfg.learning_starts:
+            for _ in range(self.gradient_steps):
+                metrics = self.update()
+        return metrics
+
+    def update(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = self.buffer.sample(cfg.batch_size, self.rng)
+        with torch.no_grad():
+            next_actions = smoothed_target_actions(self.actor_target(batch.next_obs), cfg.target_noise,
+                                                   cfg.noise_clip)
+            targets = td3_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
+                                 cfg.gamma)
+        q_values = self.critic(batch.obs, batch.actions)
+        critic_loss = (q_values - targets).square().mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        self.n_updates += 1
+
+        if self.n_updates % cfg.policy_delay == 0:
+            actor_loss = -self.critic(batch.obs, self.actor(batch.obs), first=1).mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            # Only the actor's gradients: the critics' weight gradients would be thrown away.
+            actor_loss.backward(inputs=self.actor_params)
+            self.actor_optimizer.step()
+            polyak_update(self.critic_target, self.critic, cfg.tau)
+            polyak_update(self.actor_target, self.actor, cfg.tau)
+            self.last_actor_loss = actor_loss.detach()
+        return {"losses/critic_loss": critic_loss.detach(), "losses/actor_loss": self.last_actor_loss,
+                "losses/q_values": q_values.detach().mean()}
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "actor_target": self.actor_target, "critic": self.critic,
+                "critic_target": self.critic_target}
+
+    def training_state(self) -> dict[str, Any]:
+        return {"actor_optimizer": self.actor_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(),
+                "n_updates": self.n_updates, "last_actor_loss": self.last_actor_loss,
+                "noise": self.noise.state() if self.noise is not None else np.zeros(0),
+                "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.n_updates = int(state["n_updates"])
+        self.last_actor_loss = torch.as_tensor(state["last_actor_loss"])
+        if self.noise is not None:
+            self.noise.load_state(np.asarray(state["noise"]))
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+    def buffer_arrays(self) -> dict[str, np.ndarray]:
+        return self.buffer.arrays()
+
+    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.buffer.load_arrays(arrays)

@@ -1,0 +1,171 @@
+"""Pieces DDPG, TD3 and SAC share unchanged: action scaling, the deterministic actor, Q critics, exploration
+noise, and the collection step that feeds the replay buffer.
+
+Actions live in the unit box [-1, 1]^|A| everywhere inside the agents (networks, noise, replay buffer) and
+are mapped to the env's bounds only when handed to the env, as in Stable-Baselines3. Noise is therefore
+added in unit space: σ = 0.1 means 10 % of the half-range of each action dimension.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rlrun.buffers import ReplayBuffer
+from rlrun.config import NetworkConfig
+from rlrun.envs import EnvRunner, Step
+from rlrun.networks import MLP
+
+
+class NoiseType(str, Enum):
+    gaussian = "gaussian"
+    ou = "ou"
+    none = "none"
+
+
+class ActionScaler:
+    """Maps unit-box actions to the env's Box bounds."""
+
+    def __init__(self, space: gym.Space):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"off-policy continuous control needs a 1-D Box action space, got {space}")
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise ValueError(f"the action space {space} has infinite bounds; DDPG/TD3/SAC need finite ones "
+                             f"(their actors end in tanh)")
+        self.low = space.low.astype(np.float32)
+        self.high = space.high.astype(np.float32)
+        self.dim = int(space.shape[0])
+
+    def to_env(self, unit_actions: np.ndarray) -> np.ndarray:
+        return self.low + 0.5 * (unit_actions + 1.0) * (self.high - self.low)
+
+
+class DeterministicActor(MLP):
+    """μ(s) ∈ [-1, 1]^|A|: the MLP (`body` + `head`, so transfer sees the usual names) followed by tanh."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(obs))
+
+
+class Critics(nn.Module):
+    """`n` independent Q(s, a) MLPs; `forward` returns their values stacked, shape [n, batch].
+
+    One batched-matmul module (weights [n, in, out]) evaluating all critics in one forward was measured
+    against this on the 2-core CPU with [400, 300] nets and batch 256: no gain (5.46 vs 5.60 ms forward +
+    backward, 1.61 vs 1.47 ms forward), because the matmuls are compute-bound. Plain MLPs keep the
+    `body`/`head` parameter names that transfer learning understands.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, net: NetworkConfig, n: int):
+        super().__init__()
+        self.q = nn.ModuleList(MLP(obs_dim + action_dim, 1, net) for _ in range(n))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, first: int | None = None) -> torch.Tensor:
+        """Q values of the first `first` critics (all by default), shape [n, batch]."""
+        x = torch.cat([obs, actions], dim=1)
+        critics = self.q if first is None else self.q[:first]
+        return torch.stack([q(x).squeeze(-1) for q in critics])
+
+
+def make_adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel: 3× faster per step than the default for-loop one on CPU (measured)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+class GaussianNoise:
+    """Uncorrelated N(0, σ²) per step and dimension."""
+
+    def __init__(self, num_envs: int, action_dim: int, sigma: float, rng: np.random.Generator):
+        self.shape = (num_envs, action_dim)
+        self.sigma = sigma
+        self.rng = rng
+
+    def sample(self) -> np.ndarray:
+        return self.sigma * self.rng.standard_normal(self.shape).astype(np.float32)
+
+    def reset(self, mask: np.ndarray) -> None:
+        pass
+
+    def state(self) -> np.ndarray:
+        return np.zeros(self.shape, dtype=np.float32)
+
+    def load_state(self, state: np.ndarray) -> None:
+        pass
+
+
+class OrnsteinUhlenbeckNoise:
+    """Temporally correlated noise of the DDPG paper (Lillicrap et al. 2016), one process per env.
+
+    Euler–Maruyama step of dx = θ(μ − x)dt + σ dW:  x ← x + θ(μ − x)dt + σ√dt·N(0, 1). The stationary
+    variance of the continuous process is σ²/(2θ) (the discrete one: σ²/(2θ − θ²dt)). `reset(mask)` puts
+    the processes of envs that start a new episode back at μ.
+    """
+
+    def __init__(self, num_envs: int, action_dim: int, sigma: float, theta: float, dt: float,
+                 rng: np.random.Generator, mu: float = 0.0):
+        if theta <= 0 or dt <= 0 or theta * dt >= 1:
+            raise ValueError(f"OU noise needs theta > 0, dt > 0 and theta*dt < 1, got theta={theta}, dt={dt}")
+        self.sigma, self.theta, self.dt, self.mu = sigma, theta, dt, mu
+        self.rng = rng
+        self.x = np.full((num_envs, action_dim), mu, dtype=np.float64)
+
+    def sample(self) -> np.ndarray:
+        self.x += (self.theta * (self.mu - self.x) * self.dt
+                   + self.sigma * np.sqrt(self.dt) * self.rng.standard_normal(self.x.shape))
+        return self.x.astype(np.float32)
+
+    def reset(self, mask: np.ndarray) -> None:
+        self.x[mask] = self.mu
+
+    def state(self) -> np.ndarray:
+        return self.x.copy()
+
+    def load_state(self, state: np.ndarray) -> None:
+        self.x[...] = state
+
+
+def make_noise(kind: NoiseType, num_envs: int, action_dim: int, sigma: float, theta: float, dt: float,
+               rng: np.random.Generator) -> GaussianNoise | OrnsteinUhlenbeckNoise | None:
+    if kind == NoiseType.gaussian:
+        return GaussianNoise(num_envs, action_dim, sigma, rng)
+    if kind == NoiseType.ou:
+        return OrnsteinUhlenbeckNoise(num_envs, action_dim, sigma, theta, dt, rng)
+    return None
+
+
+def add_noise(actions: np.ndarray, noise: GaussianNoise | OrnsteinUhlenbeckNoise | None) -> np.ndarray:
+    """Noisy actions clipped back into the unit box."""
+    if noise is None:
+        return actions
+    return np.clip(actions + noise.sample(), -1.0, 1.0)
+
+
+def random_actions(rng: np.random.Generator, num_envs: int, action_dim: int) -> np.ndarray:
+    """Uniform unit-box actions for the warm-up before `learning_starts`."""
+    return rng.uniform(-1.0, 1.0, size=(num_envs, action_dim)).astype(np.float32)
+
+
+def collect(runner: EnvRunner, buffer: ReplayBuffer, unit_actions: np.ndarray, scaler: ActionScaler) -> Step:
+    """Step the envs with unit-box actions and store the transition (unit actions, `terminated` only)."""
+    step = runner.step(scaler.to_env(unit_actions))
+    buffer.add(step.obs, unit_actions, step.reward, step.next_obs, step.terminated)
+    return step
+
+
+def gradient_steps_per_phase(gradient_steps: int, train_freq: int, num_envs: int) -> int:
+    """-1 means one gradient step per env step collected in the phase."""
+    return gradient_steps if gradient_steps >= 0 else train_freq * num_envs
+
+
+def check_common(batch_size: int, train_freq: int, tau: float, gamma: float) -> None:
+    if batch_size <= 0 or train_freq <= 0:
+        raise ValueError("algo.batch_size and algo.train_freq must be > 0")
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"algo.tau must be in (0, 1], got {tau}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"algo.gamma must be in [0, 1], got {gamma}")

@@ -1,0 +1,228 @@
+"""DDPG / TD3 / SAC building blocks against hand-computed numbers, plus CLI checks of the off-policy presets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_summary, rlrun
+from hydra import compose, initialize_config_dir
+
+from rlrun import CONF_DIR
+from rlrun.algos.sac import SquashedGaussianActor, sac_target, squashed_log_prob, temperature_loss
+from rlrun.algos.td3 import smoothed_target_actions, td3_target
+from rlrun.config import NetworkConfig, register_configs
+from rlrun.networks import polyak_update
+from rlrun.offpolicy import ActionScaler, Critics, OrnsteinUhlenbeckNoise
+
+# -- Ornstein–Uhlenbeck noise ---------------------------------------------------------------------------
+
+
+def test_ou_noise_reverts_to_the_mean():
+    theta, dt, steps, x0 = 0.15, 0.1, 50, 5.0
+    noise = OrnsteinUhlenbeckNoise(4000, 1, sigma=0.3, theta=theta, dt=dt, rng=np.random.default_rng(0))
+    noise.load_state(np.full((4000, 1), x0))
+    for _ in range(steps):
+        samples = noise.sample()
+    # E[x_k] = x0·(1 − θ·dt)^k for the Euler–Maruyama process; the spread of the mean over 4000 envs is ~0.01.
+    assert samples.mean() == pytest.approx(x0 * (1 - theta * dt) ** steps, abs=0.05)
+    noiseless = OrnsteinUhlenbeckNoise(1, 1, sigma=0.0, theta=theta, dt=dt, rng=np.random.default_rng(0))
+    noiseless.load_state(np.array([[x0]]))
+    assert noiseless.sample()[0, 0] == pytest.approx(x0 * (1 - theta * dt))
+
+
+def test_ou_noise_stationary_variance():
+    sigma, theta, dt = 0.2, 0.15, 0.05
+    noise = OrnsteinUhlenbeckNoise(256, 2, sigma=sigma, theta=theta, dt=dt, rng=np.random.default_rng(1))
+    for _ in range(2000):  # burn-in: 15 correlation times 1/(θ·dt)
+        noise.sample()
+    samples = np.stack([noise.sample() for _ in range(5000)])
+    # σ²/(2θ) is the continuous process's variance; the Euler scheme's is σ²/(2θ − θ²dt), 0.4 % larger here.
+    assert samples.var() == pytest.approx(sigma**2 / (2 * theta), rel=0.05)
+    assert samples.mean() == pytest.approx(0.0, abs=0.02)
+    # Consecutive samples are strongly correlated: lag-1 autocorrelation 1 − θ·dt.
+    lag1 = np.mean(samples[1:] * samples[:-1]) / samples.var()
+    assert lag1 == pytest.approx(1 - theta * dt, abs=0.01)
+
+
+def test_ou_noise_reset_only_touches_finished_envs():
+    noise = OrnsteinUhlenbeckNoise(3, 2, sigma=0.5, theta=0.15, dt=0.1, rng=np.random.default_rng(0))
+    for _ in range(10):
+        noise.sample()
+    before = noise.state()
+    noise.reset(np.array([False, True, False]))
+    after = noise.state()
+    assert np.all(after[1] == 0.0)
+    assert np.array_equal(after[[0, 2]], before[[0, 2]])
+
+
+# -- target networks ----------------------------------------------------------------------------------------
+
+
+def test_polyak_update():
+    target, source = torch.nn.Linear(1, 2), torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        target.weight[:] = torch.tensor([[1.0], [2.0]])
+        source.weight[:] = torch.tensor([[3.0], [6.0]])
+        target.bias[:] = 0.0
+        source.bias[:] = torch.tensor([10.0, -10.0])
+    polyak_update(target, source, 0.1)
+    assert torch.allclose(target.weight, torch.tensor([[1.2], [2.4]]))
+    assert torch.allclose(target.bias, torch.tensor([1.0, -1.0]))
+    polyak_update(target, source, 1.0)
+    assert torch.equal(target.weight, source.weight)
+
+
+# -- TD3 and SAC targets: transition 0 continues, 1 terminated, 2 truncated (terminated = 0) --------------
+
+REWARDS = torch.tensor([1.0, 2.0, 3.0])
+TERMINATED = torch.tensor([0.0, 1.0, 0.0])
+NEXT_Q = torch.tensor([[5.0, 7.0, -1.0],
+                       [4.0, 8.0, -2.0]])
+
+
+def test_td3_target_takes_the_smaller_critic_and_bootstraps_truncated():
+    targets = td3_target(REWARDS, TERMINATED, NEXT_Q, gamma=0.9)
+    # min over critics = [4, 7, -2]; the terminated one gets no bootstrap, the truncated one does.
+    assert torch.allclose(targets, torch.tensor([1 + 0.9 * 4, 2.0, 3 + 0.9 * -2]))
+
+
+def test_sac_target_subtracts_the_entropy_bonus():
+    next_log_prob = torch.tensor([-1.0, 0.5, 2.0])
+    targets = sac_target(REWARDS, TERMINATED, NEXT_Q, next_log_prob, alpha=0.2, gamma=0.9)
+    # soft value = min Q − α log π = [4.2, 6.9, −2.4]
+    assert torch.allclose(targets, torch.tensor([1 + 0.9 * 4.2, 2.0, 3 + 0.9 * -2.4]))
+
+
+def test_target_policy_smoothing_is_clipped():
+    torch.manual_seed(0)
+    actions = torch.tensor([[0.0, 0.95, -0.95]]).repeat(1000, 1)
+    smoothed = smoothed_target_actions(actions, noise_std=0.5, noise_clip=0.1)
+    assert (smoothed - actions).abs().max() <= 0.1 + 1e-6
+    assert smoothed.max() <= 1.0 and smoothed.min() >= -1.0
+    assert smoothed[:, 0].std() > 0.05  # the noise is there
+    assert torch.equal(smoothed_target_actions(actions, 0.0, 0.5), actions)
+
+
+# -- squashed Gaussian -----------------------------------------------------------------------------------
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("a", [-0.99, -0.5, 0.0, 0.3, 0.9, 0.999])
+def test_squashed_log_prob_matches_numeric_change_of_variables(a):
+    mean, std = 0.3, 0.7
+    # P(tanh U ≤ a) = Φ((atanh a − μ)/σ); its numeric derivative is the density of the squashed action.
+    h = 1e-6
+    cdf = [_normal_cdf((math.atanh(a + d) - mean) / std) for d in (-h, h)]
+    numeric_log_density = math.log((cdf[1] - cdf[0]) / (2 * h))
+    u = torch.tensor([[math.atanh(a)]], dtype=torch.float64)
+    log_prob = squashed_log_prob(u, torch.tensor([[mean]], dtype=torch.float64),
+                                 torch.tensor([[math.log(std)]], dtype=torch.float64))
+    assert log_prob.item() == pytest.approx(numeric_log_density, abs=1e-4)
+
+
+def test_squashed_log_prob_sums_dimensions_and_stays_finite():
+    u = torch.tensor([[0.2, 25.0]])
+    mean, log_std = torch.zeros(1, 2), torch.zeros(1, 2)
+    both = squashed_log_prob(u, mean, log_std)
+    separately = squashed_log_prob(u[:, :1], mean[:, :1], log_std[:, :1]) + \
+        squashed_log_prob(u[:, 1:], mean[:, 1:], log_std[:, 1:])
+    assert torch.isfinite(both).all()  # tanh(25) rounds to 1 in float32; log(1 − 1) would be −inf
+    assert torch.allclose(both, separately)
+
+
+def test_actor_samples_stay_in_the_unit_box():
+    torch.manual_seed(0)
+    actor = SquashedGaussianActor(3, 2, NetworkConfig(hidden=[16]))
+    actions, log_prob = actor.sample(torch.randn(64, 3))
+    assert actions.shape == (64, 2) and log_prob.shape == (64,)
+    assert actions.abs().max() < 1.0
+    assert actor(torch.randn(5, 3)).shape == (5, 2)
+
+
+@pytest.mark.parametrize("log_prob, direction", [(2.0, +1), (-3.0, -1)])
+def test_temperature_moves_toward_the_entropy_target(log_prob, direction):
+    # Target entropy −|A| = −1. Entropy −log π = −2 is below it → α must grow; entropy 3 is above → shrink.
+    log_alpha = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.SGD([log_alpha], lr=0.1)
+    temperature_loss(log_alpha, torch.full((8,), log_prob), target_entropy=-1.0).backward()
+    optimizer.step()
+    assert torch.sign(log_alpha.detach()) == direction
+
+
+# -- networks and scaling -----------------------------------------------------------------------------------
+
+
+def test_critics_return_one_row_per_critic():
+    critics = Critics(3, 2, NetworkConfig(hidden=[8]), n=2)
+    values = critics(torch.randn(5, 3), torch.randn(5, 2))
+    assert values.shape == (2, 5)
+    first = critics(torch.zeros(5, 3), torch.zeros(5, 2), first=1)
+    assert first.shape == (1, 5)
+    assert torch.equal(first[0], critics.q[0](torch.zeros(5, 5)).squeeze(-1))
+
+
+def test_action_scaler_maps_the_unit_box_to_the_bounds():
+    import gymnasium as gym
+
+    scaler = ActionScaler(gym.spaces.Box(low=np.array([-2.0, 0.0], dtype=np.float32),
+                                          high=np.array([2.0, 1.0], dtype=np.float32)))
+    assert np.allclose(scaler.to_env(np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]])),
+                       [[-2.0, 0.0], [0.0, 0.5], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="infinite bounds"):
+        ActionScaler(gym.spaces.Box(low=-np.inf, high=np.inf, shape=(1,)))
+
+
+# -- presets and the CLI ----------------------------------------------------------------------------------------
+
+
+def _compose(*overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_zoo_td3_preset_is_rl_zoo_lunarlander_continuous():
+    cfg = _compose("experiment=zoo_td3_lunarlander")
+    assert cfg.env.id == "LunarLanderContinuous-v3" and cfg.total_steps == 300_000
+    assert list(cfg.network.hidden) == [400, 300] and cfg.network.activation == "relu"
+    algo = cfg.algo
+    assert (algo.name, algo.gamma, algo.buffer_size, algo.learning_starts) == ("td3", 0.98, 200_000, 10_000)
+    assert (algo.noise, algo.noise_sigma, algo.actor_lr, algo.critic_lr) == ("gaussian", 0.1, 1e-3, 1e-3)
+    assert (algo.train_freq, algo.gradient_steps, algo.num_envs) == (1, 1, 1)
+
+
+def test_zoo_sac_preset_is_rl_zoo_lunarlander_continuous():
+    cfg = _compose("experiment=zoo_sac_lunarlander")
+    assert cfg.env.id == "LunarLanderContinuous-v3" and cfg.total_steps == 500_000
+    assert list(cfg.network.hidden) == [400, 300]
+    algo = cfg.algo
+    assert (algo.name, algo.batch_size, algo.buffer_size, algo.tau, algo.gamma) == ("sac", 256, 1_000_000, 0.01,
+                                                                                     0.99)
+    assert (algo.actor_lr, algo.critic_lr, algo.alpha_lr, algo.lr_schedule) == (7.3e-4, 7.3e-4, 7.3e-4, "linear")
+    assert (algo.learning_starts, algo.autotune, algo.train_freq, algo.gradient_steps) == (10_000, True, 1, 1)
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+def test_discrete_env_is_refused_clearly(tmp_path, algo):
+    proc = rlrun(tmp_path / "run", f"algo={algo}", "env=cartpole", "total_steps=100", check=False)
+    assert proc.returncode != 0
+    message = proc.stderr + proc.stdout
+    assert f"algo={algo} needs a continuous (Box) action space" in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.noise=gaussian"),
+                                         ("sac", "algo.autotune=false")])
+def test_short_run_on_pendulum(tmp_path, algo, extra):
+    run_dir = tmp_path / "run"
+    rlrun(run_dir, f"algo={algo}", "env=pendulum", "total_steps=400", "algo.learning_starts=200",
+          "algo.batch_size=32", "network.hidden=[32,32]", "eval.every_steps=0", "eval.episodes=1", extra)
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["steps_done"] == 400
+    assert summary["final_return_mean"] is not None
