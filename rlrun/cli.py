@@ -69,12 +69,16 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlrun.run import NonFiniteError, RunInterrupted
+    from rlrun.sweep import objective_value, train_seeds
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = train(cfg, run_dir)
+        if cfg.objective.seeds != 1:  # a sweeper's objective as the mean over k seeds (rlrun/sweep.py)
+            runs = train_seeds(cfg, run_dir, train)
+        else:
+            runs = [(train(cfg, run_dir), run_dir)]
     except RunInterrupted as exc:
         _error(f"interrupted by {exc}; checkpoint and summary.json (status interrupted) are in {run_dir}. "
                f"Continue with resume={run_dir} (or resume=auto and the same hydra.run.dir).")
@@ -89,9 +93,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if multirun:
             raise
         sys.exit(EXIT_BAD_INPUT)
-    _print_summary(summary, run_dir)
-    value = summary["best_return_mean"]
-    return float(value) if value is not None else None
+    for summary, directory in runs:
+        _print_summary(summary, directory)
+    # What Hydra's sweepers (Optuna) optimise: objective.metric, mean over the job's seeds.
+    return objective_value([summary for summary, _ in runs], cfg.objective.metric)
 
 
 def main() -> None:
@@ -140,8 +145,6 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
         ckpt, run_dir = path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
     payload = load_checkpoint(ckpt)
     cfg = config_from_checkpoint(payload)
-    if video:
-        raise ValueError("--video is not available yet in this version of rlrun-eval")
     env = make_env(cfg.env)
     ctx = AgentContext(env.observation_space, env.action_space, cfg.network, resolve_device(Device(device)),
                        seed, 1, 1)
@@ -150,14 +153,17 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
         raise CheckpointError(f"{ckpt} was written by an unknown algorithm {cfg.algo.name!r}")
     agent = ALGORITHMS[cfg.algo.name].make_agent(cfg.algo, ctx)
     load_model_state(agent, payload["model"])
-    evaluator = Evaluator(cfg.env, episodes, seed)
+    evaluator = Evaluator(cfg.env, episodes, seed, video_dir=run_dir / "videos" if video else None,
+                          video_episodes=episodes)
     started = time.monotonic()
-    result = evaluator.evaluate(agent.act, 0)
+    result = evaluator.evaluate(agent.act, 0, video_name=f"eval-{ckpt.stem}" if video else None)
     evaluator.close()
     report = {"checkpoint": str(ckpt), "algo": cfg.algo.name, "env_id": cfg.env.id,
               "step": int(payload.get("step", 0)), "episodes": episodes, "return_mean": result.return_mean,
               "return_std": result.return_std, "length_mean": result.length_mean,
               "returns": list(result.returns), "wall_time_s": round(time.monotonic() - started, 3)}
+    if video:
+        report["videos"] = [str(path) for path in result.videos]
     if run_dir.is_dir():
         atomic_write_text(run_dir / f"eval_{ckpt.stem}.json", json.dumps(report, indent=2) + "\n")
     return report
@@ -179,3 +185,7 @@ def config_from_checkpoint(payload: dict[str, Any]) -> Config:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (OmegaConfBaseException, KeyError, AttributeError) as exc:
         raise CheckpointError(f"the checkpoint's stored config is not a valid rlrun config: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

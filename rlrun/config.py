@@ -85,6 +85,8 @@ class EvalConfig:
     """Evaluate every this many env steps; 0 = only the final evaluation."""
     episodes: int = 10
     """Episodes per evaluation (deterministic policy, separate env)."""
+    video: bool = False
+    """Record one episode of each periodic evaluation as videos/step<N>.mp4 in the run dir (needs moviepy)."""
 
 
 @dataclass
@@ -102,6 +104,23 @@ class LogConfig:
     plain_every_s: float = 10.0
     """Seconds between plain progress lines."""
     tensorboard: bool = True
+
+
+class ObjectiveMetric(str, Enum):
+    best_return = "best_return"  # maximise
+    final_return = "final_return"  # maximise
+    solved_at_step = "solved_at_step"  # minimise; an unsolved run counts as total_steps
+    solved_at_wall_time_s = "solved_at_wall_time_s"  # minimise; an unsolved run counts as its wall time
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a job returns to a sweeper such as Optuna (issue 8; see rlrun/sweep.py)."""
+
+    metric: ObjectiveMetric = ObjectiveMetric.best_return
+    """The summary.json value returned; the sweeper's `direction` must match (maximise returns, minimise time)."""
+    seeds: int = 1
+    """Seeds trained in one job (seed, seed+1, …, each in <job dir>/seed<N>/); the job returns their mean."""
 
 
 @dataclass
@@ -125,6 +144,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 def register_configs() -> None:
@@ -138,3 +158,17 @@ def register_configs() -> None:
     cs.store(group="transfer", name="base_transfer", node=TransferConfig)
     for name, spec in ALGORITHMS.items():
         cs.store(group="algo", name=f"base_{name}", node=spec.config_cls)
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose the config as `rlrun overrides…` would (for tests and scripts; no run directory)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlrun import CONF_DIR
+
+    if not GlobalHydra.instance().is_initialized():
+        register_configs()
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
+    return hydra_compose(config_name="config", overrides=list(overrides or []))

@@ -28,17 +28,30 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool, every_steps: int, purge_step: int | None = None):
         self.every_steps = max(every_steps, 1)
         self._next_log = 0
+        self._latest: dict[str, Any] = {}
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
 
+    def update(self, metrics: dict[str, Any]) -> None:
+        """Remember this iteration's metrics; the latest value of each key is written when `due`."""
+        self._latest.update(metrics)
+
+    def pending(self) -> bool:
+        return bool(self._latest)
+
     def due(self, step: int) -> bool:
         return step >= self._next_log
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
+    def flush_latest(self, step: int, extra: dict[str, Any]) -> None:
+        """Write the latest value of every metric seen, plus `extra`, at `step`."""
         self._next_log = (step // self.every_steps + 1) * self.every_steps
+        self.log({**self._latest, **extra}, step)
+        self._latest = {}
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.writer is None:
             return
         for key, value in metrics.items():

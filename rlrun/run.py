@@ -180,7 +180,8 @@ class Run:
         ctx = AgentContext(self.runner.single_observation_space, self.runner.single_action_space,
                            cfg.network, self.device, cfg.seed, cfg.total_steps, num_envs)
         self.agent: Agent = ALGORITHMS[self.algo_name].make_agent(cfg.algo, ctx)
-        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET)
+        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET,
+                                   video_dir=self.run_dir / "videos" if cfg.eval.video else None)
 
         resume_payload = None
         if self.resume_from is not None:
@@ -226,9 +227,9 @@ class Run:
                 step = runner.global_step
                 check_finite(metrics, agent)
                 self._log_episodes()
+                self.logger.update(metrics)
                 if self.logger.due(step):
-                    metrics["charts/sps"] = self.progress.steps_per_second(step)
-                    self.logger.log(metrics, step)
+                    self.logger.flush_latest(step, {"charts/sps": self.progress.steps_per_second(step)})
                 if cfg.eval.every_steps > 0 and step >= self.state.next_eval:
                     self.state.next_eval = (step // cfg.eval.every_steps + 1) * cfg.eval.every_steps
                     result = self.evaluate(step)
@@ -246,6 +247,9 @@ class Run:
                 if self._stop_signal is not None:
                     status = "interrupted"
                     break
+            if self.logger.pending():
+                self.logger.flush_latest(runner.global_step,
+                                         {"charts/sps": self.progress.steps_per_second(runner.global_step)})
             if status != "interrupted" and self.state.last_eval_step != runner.global_step:
                 self.evaluate(runner.global_step)
             self.save()
@@ -276,7 +280,8 @@ class Run:
             self.progress.last_episode_return = finished.returns[-1]
 
     def evaluate(self, step: int) -> EvalResult:
-        result = self.evaluator.evaluate(self.agent.act, self.state.eval_index)
+        result = self.evaluator.evaluate(self.agent.act, self.state.eval_index,
+                                         video_name=f"step{step:08d}" if self.cfg.eval.video else None)
         state = self.state
         state.eval_index += 1
         state.last_eval_step = step

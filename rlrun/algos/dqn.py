@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.envs import EnvRunner
-from rlrun.networks import MLP, action_dim, obs_dim, polyak_update
+from rlrun.networks import MLP, action_dim, make_adam, obs_dim, polyak_update
 
 
 class TDLoss(str, Enum):
@@ -103,7 +103,7 @@ class DQNAgent:
         self.q = MLP(obs_dim(ctx.observation_space), action_dim(ctx.action_space), ctx.network).to(ctx.device)
         self.q_target = copy.deepcopy(self.q)
         self.q_target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.learning_rate)
+        self.optimizer = make_adam(self.q.parameters(), cfg.learning_rate)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (), torch.int64, ctx.device)
         self.rng = np.random.default_rng(ctx.seed)
         self.num_actions = action_dim(ctx.action_space)

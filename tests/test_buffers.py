@@ -1,0 +1,73 @@
+"""ReplayBuffer: shapes, dtypes, wrap-around, sampling bounds, save/load round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+from rlrun.buffers import ReplayBuffer
+
+
+def make(capacity=5):
+    return ReplayBuffer(capacity, (3,), (), torch.int64, torch.device("cpu"))
+
+
+def add_value(buffer, value, n=1):
+    obs = np.full((n, 3), value, dtype=np.float32)
+    buffer.add(obs, np.full(n, int(value)), np.full(n, value), obs + 0.5, np.zeros(n))
+
+
+def test_shapes_and_dtypes():
+    buffer = make()
+    add_value(buffer, 1.0)
+    batch = buffer.sample(4, np.random.default_rng(0))
+    assert batch.obs.shape == (4, 3) and batch.obs.dtype == torch.float32
+    assert batch.actions.shape == (4,) and batch.actions.dtype == torch.int64
+    assert batch.rewards.shape == (4,) and batch.terminated.dtype == torch.float32
+    assert torch.equal(batch.next_obs, batch.obs + 0.5)
+
+
+def test_wrap_around_overwrites_oldest():
+    buffer = make(capacity=5)
+    for value in range(7):  # 0..6: 0 and 1 are overwritten by 5 and 6
+        add_value(buffer, float(value))
+    assert buffer.size == 5 and buffer.pos == 2
+    assert sorted(buffer.rewards.tolist()) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    assert buffer.obs[0, 0].item() == 5.0 and buffer.obs[1, 0].item() == 6.0
+
+
+def test_vectorised_add_wraps():
+    buffer = make(capacity=5)
+    add_value(buffer, 1.0, n=3)
+    add_value(buffer, 2.0, n=3)  # positions 3, 4, 0
+    assert buffer.size == 5 and buffer.pos == 1
+    assert buffer.rewards.tolist() == [2.0, 1.0, 1.0, 2.0, 2.0]
+
+
+def test_sampling_stays_within_filled_part():
+    buffer = make(capacity=100)
+    for value in range(10):
+        add_value(buffer, float(value + 1))
+    batch = buffer.sample(10_000, np.random.default_rng(1))
+    assert batch.rewards.min() >= 1.0 and batch.rewards.max() <= 10.0  # never an empty (zero) slot
+    assert set(batch.rewards.tolist()) == {float(v + 1) for v in range(10)}
+
+
+def test_empty_buffer_refuses_to_sample():
+    with pytest.raises(RuntimeError):
+        make().sample(1, np.random.default_rng(0))
+
+
+def test_save_load_round_trip(tmp_path):
+    buffer = make(capacity=5)
+    for value in range(7):
+        add_value(buffer, float(value))
+    path = tmp_path / "buffer.npz"
+    np.savez(path, **buffer.arrays())
+    restored = make(capacity=5)
+    with np.load(path, allow_pickle=False) as data:
+        restored.load_arrays({key: data[key] for key in data.files})
+    assert (restored.pos, restored.size) == (buffer.pos, buffer.size)
+    for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+        assert torch.equal(getattr(restored, name), getattr(buffer, name))
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert torch.equal(buffer.sample(8, rng_a).obs, restored.sample(8, rng_b).obs)

@@ -1,0 +1,119 @@
+"""The `rlrun` and `rlrun-eval` commands as a user runs them: outputs on disk, clear errors on bad input."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from conftest import read_evaluations, read_summary, rlrun
+
+TINY = ["algo=dqn", "env=cartpole", "total_steps=600", "eval.every_steps=300", "eval.episodes=2",
+        "algo.learning_starts=100", "algo.train_freq=50", "algo.gradient_steps=5", "algo.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    proc = rlrun(run_dir, *TINY, "log.tensorboard=true")
+    return run_dir, proc
+
+
+def test_run_directory_holds_the_contract(tiny_run):
+    run_dir, proc = tiny_run
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    summary = read_summary(run_dir)
+    for key in ("algo", "env_id", "seed", "total_steps", "steps_done", "wall_time_s", "steps_per_second",
+                "final_return_mean", "best_return_mean", "solved_at_step", "solved_at_wall_time_s", "status"):
+        assert key in summary
+    assert summary["status"] == "completed" and summary["algo"] == "dqn" and summary["env_id"] == "CartPole-v1"
+    assert summary["steps_done"] >= 600 and summary["steps_per_second"] > 0
+    rows = read_evaluations(run_dir)
+    assert [row["step"] for row in rows] == [300, 600]
+    assert (run_dir / "evaluations.csv").read_text().splitlines()[0] == \
+        "step,wall_time_s,return_mean,return_std,length_mean"
+    assert summary["final_return_mean"] == pytest.approx(rows[-1]["return_mean"], abs=1e-5)
+    assert summary["best_return_mean"] == pytest.approx(max(r["return_mean"] for r in rows), abs=1e-5)
+    assert "[completed] dqn on CartPole-v1" in proc.stdout  # the summary line
+
+
+def test_checkpoint_loads_with_weights_only(tiny_run):
+    run_dir, _ = tiny_run
+    payload = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert "q.head.weight" in payload["model"] and "q_target.head.weight" in payload["model"]
+    assert payload["step"] == 600
+
+
+def test_tensorboard_scalars_written(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = tiny_run
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"charts/episodic_return", "charts/episodic_length", "charts/sps", "losses/td_loss",
+            "eval/return_mean"} <= tags
+    assert [e.step for e in events.Scalars("eval/return_mean")] == [300, 600]
+
+
+def test_rlrun_eval_reports_deterministic_return(tiny_run):
+    run_dir, _ = tiny_run
+    args = [str(rlrun.__globals__["BIN"] / "rlrun-eval"), str(run_dir), "--episodes", "3"]
+    first = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    second = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    assert first["episodes"] == 3 and len(first["returns"]) == 3
+    assert first["returns"] == second["returns"]  # deterministic policy, fixed seeds
+    assert (run_dir / "eval_best.json").exists()
+
+
+def test_stop_at_return_stops_early(tmp_path):
+    rlrun(tmp_path / "run", *TINY, "stop_at_return=-1000")  # any eval mean reaches it
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "stopped" and summary["steps_done"] < 600
+
+
+def test_eval_every_zero_still_runs_a_final_evaluation(tmp_path):
+    rlrun(tmp_path / "run", *TINY, "eval.every_steps=0")
+    assert [row["step"] for row in read_evaluations(tmp_path / "run")] == [600]
+
+
+def _assert_clean_failure(proc, *needles):
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    for needle in needles:
+        assert needle in output, output
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["algo=nope"], ["nope"]),
+    (["total_steps=many"], ["total_steps"]),
+    (["algo.learning_rat=0.1"], ["learning_rat"]),
+    (["total_steps=-5"], ["total_steps must be positive"]),
+    (["algo=dqn", "env=pendulum"], ["needs a discrete action space"]),
+    (["env.id=NoSuchEnv-v9"], ["NoSuchEnv-v9"]),
+    (["device=cuda"] if not torch.cuda.is_available() else ["resume=/no/such/run"], ["cuda"]
+     if not torch.cuda.is_available() else ["no checkpoint"]),
+    (["resume=/no/such/run"], ["no checkpoint"]),
+])
+def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
+    proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)
+    _assert_clean_failure(proc, *needles)
+
+
+def _rlrun_eval(*args):
+    return subprocess.run([str(rlrun.__globals__["BIN"] / "rlrun-eval"), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_rlrun_eval_missing_checkpoint(tmp_path):
+    _assert_clean_failure(_rlrun_eval(str(tmp_path / "missing.pt")), "does not exist")
+
+
+def test_rlrun_eval_corrupt_checkpoint(tmp_path, tiny_run):
+    run_dir, _ = tiny_run
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes()[:200])
+    _assert_clean_failure(_rlrun_eval(str(corrupt)), "corrupt")

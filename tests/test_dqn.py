@@ -1,0 +1,77 @@
+"""DQN's pure pieces against hand-computed numbers."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rlrun.algos.dqn import linear_schedule, next_state_values, td_target
+from rlrun.networks import polyak_update
+
+
+def test_td_target_terminated_does_not_bootstrap_but_truncated_does():
+    rewards = torch.tensor([1.0, 1.0, 1.0])
+    # transition 0: ordinary; 1: terminated (no bootstrap); 2: truncated by the time limit (terminated=0,
+    # next value is the value of the true final observation, so it bootstraps like an ordinary step).
+    terminated = torch.tensor([0.0, 1.0, 0.0])
+    next_values = torch.tensor([10.0, 10.0, 4.0])
+    targets = td_target(rewards, terminated, next_values, gamma=0.9)
+    assert torch.allclose(targets, torch.tensor([1.0 + 0.9 * 10.0, 1.0, 1.0 + 0.9 * 4.0]))
+
+
+def test_next_state_values_dqn_takes_target_max():
+    target_q = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]])
+    assert torch.equal(next_state_values(target_q, None), torch.tensor([5.0, 3.0]))
+
+
+def test_next_state_values_double_dqn_uses_online_argmax():
+    target_q = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]])
+    online_q = torch.tensor([[9.0, 0.0, 0.0], [0.0, 7.0, 0.0]])  # online prefers actions 0 and 1
+    assert torch.equal(next_state_values(target_q, online_q), torch.tensor([1.0, -1.0]))
+
+
+def test_linear_schedule():
+    assert linear_schedule(1.0, 0.1, 100, 0) == 1.0
+    assert linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
+    assert linear_schedule(1.0, 0.1, 100, 100) == pytest.approx(0.1)
+    assert linear_schedule(1.0, 0.1, 100, 10_000) == pytest.approx(0.1)
+    assert linear_schedule(1.0, 0.1, 0, 5) == 0.1
+
+
+def test_polyak_update_soft_and_hard():
+    source, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.fill_(1.0)
+        for p in target.parameters():
+            p.fill_(0.0)
+    polyak_update(target, source, 0.25)
+    for p in target.parameters():
+        assert torch.allclose(p, torch.full_like(p, 0.25))
+    polyak_update(target, source, 0.5)  # 0.5 * 1 + 0.5 * 0.25
+    for p in target.parameters():
+        assert torch.allclose(p, torch.full_like(p, 0.625))
+    polyak_update(target, source, 1.0)
+    for p, q in zip(target.parameters(), source.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_dqn_update_moves_q_towards_target():
+    import gymnasium as gym
+
+    from rlrun.algos.dqn import DQNAgent, DQNConfig
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.config import NetworkConfig
+
+    torch.manual_seed(0)
+    obs_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    ctx = AgentContext(obs_space, gym.spaces.Discrete(2), NetworkConfig(hidden=[16]), torch.device("cpu"),
+                       0, 1000, 1)
+    agent = DQNAgent(DQNConfig(batch_size=8, learning_rate=1e-2), ctx)
+    obs = np.array([[0.5, -0.5]], dtype=np.float32)
+    for _ in range(8):  # one terminal transition: the target is the reward, 1.0
+        agent.buffer.add(obs, np.array([1]), np.array([1.0]), obs, np.array([1.0]))
+    losses = [float(agent.update()["losses/td_loss"]) for _ in range(200)]
+    assert losses[-1] < 0.01 * losses[0]
+    q = agent.q(torch.as_tensor(obs))[0, 1].item()
+    assert q == pytest.approx(1.0, abs=0.05)
