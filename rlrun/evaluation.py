@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 from rlrun.config import EnvConfig
@@ -16,6 +19,7 @@ class EvalResult:
     return_std: float
     length_mean: float
     returns: tuple[float, ...]
+    videos: tuple[Path, ...] = ()
 
 
 class Evaluator:
@@ -25,17 +29,31 @@ class Evaluator:
     see fresh start states, and a resumed run evaluates on exactly the states the uninterrupted run would.
     """
 
-    def __init__(self, env_cfg: EnvConfig, episodes: int, base_seed: int):
+    def __init__(self, env_cfg: EnvConfig, episodes: int, base_seed: int, video_dir: Path | None = None,
+                 video_episodes: int = 1):
         if episodes <= 0:
             raise ValueError(f"eval.episodes must be positive, got {episodes}")
         self.env_cfg = env_cfg
         self.episodes = episodes
         self.base_seed = base_seed
-        self.envs = [make_env(env_cfg) for _ in range(episodes)]
+        self.video_dir = Path(video_dir) if video_dir is not None else None
+        # The first `video_episodes` envs render to RGB arrays for Gymnasium's RecordVideo (issue 8);
+        # rendering does not touch the env's RNG, so the returns are the same with or without video.
+        recorded = min(video_episodes, episodes) if video_dir is not None else 0
+        self.envs = [_recording_env(env_cfg, self.video_dir) if k < recorded else make_env(env_cfg)
+                     for k in range(episodes)]
 
-    def evaluate(self, act, eval_index: int) -> EvalResult:
-        """`act(obs_batch) -> actions`; runs all episodes to their end."""
+    def evaluate(self, act, eval_index: int, video_name: str | None = None) -> EvalResult:
+        """`act(obs_batch) -> actions`; runs all episodes to their end.
+
+        With `video_name` (and a `video_dir`), the recorded episodes are written as video_dir/<video_name>.mp4
+        (or <video_name>-ep<k>.mp4 when several are recorded).
+        """
         seeds = [self.base_seed + eval_index * self.episodes + k for k in range(self.episodes)]
+        recorders = [env for env in self.envs if isinstance(env, gym.wrappers.RecordVideo)]
+        for k, env in enumerate(recorders):
+            env.name_prefix = video_name if len(recorders) == 1 else f"{video_name}-ep{k}"
+            env.episode_trigger = (lambda _episode: True) if video_name is not None else (lambda _episode: False)
         observations = [env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]
         returns = np.zeros(self.episodes)
         lengths = np.zeros(self.episodes, dtype=np.int64)
@@ -51,9 +69,27 @@ class Evaluator:
                 if not (terminated or truncated):
                     still_active.append(i)
             active = still_active
+        videos = []
+        for env in recorders:
+            if env.recording:  # write the file now rather than at the next reset
+                name = f"{env.name_prefix}-episode-{env.episode_id}.mp4"
+                env.stop_recording()
+                videos.append((self.video_dir / name).replace(self.video_dir / f"{env.name_prefix}.mp4"))
         return EvalResult(float(returns.mean()), float(returns.std()), float(lengths.mean()),
-                          tuple(float(r) for r in returns))
+                          tuple(float(r) for r in returns), tuple(videos))
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def _recording_env(env_cfg: EnvConfig, video_dir: Path) -> gym.Env:
+    try:
+        import moviepy  # noqa: F401  (RecordVideo encodes through moviepy)
+    except ImportError:
+        raise ValueError("recording video needs moviepy: pip install moviepy") from None
+    env = make_env(env_cfg, render_mode="rgb_array")
+    with warnings.catch_warnings():  # "overwriting existing videos": several envs share the folder on purpose
+        warnings.simplefilter("ignore")
+        return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _episode: False,
+                                        disable_logger=True)

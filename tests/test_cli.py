@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import read_evaluations, read_summary, rlrun
 
 TINY = ["algo=dqn", "env=cartpole", "total_steps=600", "eval.every_steps=300", "eval.episodes=2",

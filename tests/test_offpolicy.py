@@ -226,3 +226,18 @@ def test_short_run_on_pendulum(tmp_path, algo, extra):
     summary = read_summary(run_dir)
     assert summary["status"] == "completed" and summary["steps_done"] == 400
     assert summary["final_return_mean"] is not None
+
+
+@pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("sac", "algo.autotune=true")])
+def test_resume_continues_exactly(tmp_path, algo, extra):
+    """Stop at 300 steps and resume to 600: the weights equal those of one straight 600-step run."""
+    common = [f"algo={algo}", "env=pendulum", "algo.learning_starts=100", "algo.batch_size=16",
+              "network.hidden=[16,16]", "eval.every_steps=0", "eval.episodes=1", extra]
+    rlrun(tmp_path / "straight", *common, "total_steps=600")
+    rlrun(tmp_path / "split", *common, "total_steps=300")
+    rlrun(tmp_path / "split", *common, "total_steps=600", f"resume={tmp_path / 'split'}")
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
-from rlrun.algos import ddpg, dqn, sac, td3
+from rlrun.algos import a2c, ddpg, dqn, ppo, reinforce, sac, td3, trpo, vpg
 from rlrun.algos.protocol import Agent
 
 
@@ -31,6 +31,11 @@ ALGORITHMS: dict[str, AlgoSpec] = {
     "td3": AlgoSpec(td3.TD3Config, td3.TD3Agent, discrete=False, continuous=True),
     "sac": AlgoSpec(sac.SACConfig, sac.SACAgent, discrete=False, continuous=True),
     "double_dqn": AlgoSpec(dqn.DQNConfig, dqn.DQNAgent, discrete=True, continuous=False),
+    "reinforce": AlgoSpec(reinforce.REINFORCEConfig, reinforce.REINFORCEAgent, discrete=True, continuous=True),
+    "vpg": AlgoSpec(vpg.VPGConfig, vpg.VPGAgent, discrete=True, continuous=True),
+    "a2c": AlgoSpec(a2c.A2CConfig, a2c.A2CAgent, discrete=True, continuous=True),
+    "ppo": AlgoSpec(ppo.PPOConfig, ppo.PPOAgent, discrete=True, continuous=True),
+    "trpo": AlgoSpec(trpo.TRPOConfig, trpo.TRPOAgent, discrete=True, continuous=True),
 }
 
 

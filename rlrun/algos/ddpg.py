@@ -33,6 +33,7 @@ from rlrun.offpolicy import (
     check_common,
     collect,
     gradient_steps_per_phase,
+    load_optimizer,
     make_adam,
     make_noise,
     random_actions,
@@ -161,8 +162,8 @@ class DDPGAgent:
                 "rng": json.dumps(self.rng.bit_generator.state)}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        load_optimizer(self.actor_optimizer, state["actor_optimizer"])
+        load_optimizer(self.critic_optimizer, state["critic_optimizer"])
         self.n_updates = int(state["n_updates"])
         if self.noise is not None:
             self.noise.load_state(np.asarray(state["noise"]))

@@ -107,7 +107,8 @@ class PPOAgent:
                                  cfg.normalize_reward, cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+        # fused: one kernel for all parameters, noticeably faster than the per-tensor loop on CPU.
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
         self.n_updates = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from rlrun.offpolicy import (
     check_common,
     collect,
     gradient_steps_per_phase,
+    load_optimizer,
     make_adam,
     make_noise,
     random_actions,
@@ -189,8 +190,8 @@ class TD3Agent:
                 "rng": json.dumps(self.rng.bit_generator.state)}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        load_optimizer(self.actor_optimizer, state["actor_optimizer"])
+        load_optimizer(self.critic_optimizer, state["critic_optimizer"])
         self.n_updates = int(state["n_updates"])
         self.last_actor_loss = torch.as_tensor(state["last_actor_loss"])
         if self.noise is not None:
