@@ -1,0 +1,160 @@
+"""`rlrun-plot RUN_OR_SWEEP_DIR… -o FILE.png`: learning curves from evaluations.csv, grouped by configuration.
+
+Runs are the directories holding `evaluations.csv` under the given paths. They are grouped by the settings
+that differ between them, minus the seed (rlrun/sweep.py reads `.hydra/` as plain YAML; nothing is
+instantiated), and each group is drawn as its mean over seeds with a shaded ±1 std band. Runs on different
+envs go to separate panels, each with the env's reward threshold as a dashed line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlrun.sweep import RunRecord, find_runs, group_runs
+
+EXIT_BAD_INPUT = 2
+
+
+class PlotError(Exception):
+    """Nothing to plot, or a path that is not there."""
+
+
+@dataclass
+class Curve:
+    steps: np.ndarray
+    wall: np.ndarray
+    returns: np.ndarray
+
+
+def read_curve(path: Path) -> Curve | None:
+    """evaluations.csv → arrays; None for a file without rows (a run that never evaluated)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    return Curve(np.array([float(r["step"]) for r in rows]), np.array([float(r["wall_time_s"]) for r in rows]),
+                 np.array([float(r["return_mean"]) for r in rows]))
+
+
+def mean_and_spread(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Curves (x, y) of one configuration → common x, mean and std over seeds.
+
+    Seeds evaluate at slightly different x (rollouts overshoot eval.every_steps; wall time always differs),
+    so each curve is linearly interpolated onto a grid spanning the x range every seed covers.
+    """
+    if len(curves) == 1:
+        x, y = curves[0]
+        return x, y, np.zeros_like(y)
+    start = max(float(x[0]) for x, _ in curves)
+    stop = min(float(x[-1]) for x, _ in curves)
+    if stop <= start:
+        grid = np.array([stop])
+    else:
+        grid = np.unique(np.concatenate([np.linspace(start, stop, points),
+                                         *[x[(x >= start) & (x <= stop)] for x, _ in curves]]))
+    values = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def _env_and_threshold(record: RunRecord) -> tuple[str, float | None]:
+    from omegaconf import OmegaConf
+
+    summary = record.summary or {}
+    env_id = summary.get("env_id")
+    threshold = summary.get("reward_threshold")
+    if record.config is not None:
+        env_id = env_id or OmegaConf.select(record.config, "env.id", default=None)
+        if threshold is None:
+            threshold = OmegaConf.select(record.config, "env.reward_threshold", default=None)
+    return str(env_id or "unknown env"), (float(threshold) if threshold is not None else None)
+
+
+def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | None = None) -> dict[str, int]:
+    """Draw the figure; returns {configuration label: number of seeds drawn}."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    for path in paths:
+        if not path.exists():
+            raise PlotError(f"{path} does not exist")
+    records = find_runs(paths, marker="evaluations.csv")
+    curves = {}
+    for record in records:
+        curve = read_curve(record.run_dir / "evaluations.csv")
+        if curve is not None:
+            curves[record.run_dir] = curve
+    records = [r for r in records if r.run_dir in curves]
+    if not records:
+        raise PlotError(f"no runs found in {', '.join(map(str, paths))}: a run directory holds an "
+                        f"evaluations.csv with at least one evaluation (rlrun writes it while training)")
+
+    by_env: dict[str, list[RunRecord]] = {}
+    thresholds: dict[str, float | None] = {}
+    for record in records:
+        env_id, threshold = _env_and_threshold(record)
+        by_env.setdefault(env_id, []).append(record)
+        thresholds[env_id] = thresholds.get(env_id) or threshold
+
+    drawn: dict[str, int] = {}
+    fig, axes = plt.subplots(1, len(by_env), figsize=(7.5 * len(by_env), 4.8), squeeze=False)
+    for ax, (env_id, env_records) in zip(axes[0], by_env.items()):
+        for label, runs in group_runs(env_records).items():
+            xy = [((curves[r.run_dir].steps if x_axis == "steps" else curves[r.run_dir].wall),
+                   curves[r.run_dir].returns) for r in runs]
+            grid, mean, std = mean_and_spread(xy)
+            n = len(runs)
+            line, = ax.plot(grid, mean, linewidth=1.8, marker="o" if len(grid) < 25 else None, markersize=3,
+                            label=f"{label} ({n} seed{'s' if n != 1 else ''})")
+            if n > 1:
+                ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+            drawn[label if len(by_env) == 1 else f"{env_id}: {label}"] = n
+        threshold = thresholds.get(env_id)
+        if threshold is not None:
+            ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1,
+                       label=f"reward threshold {threshold:g}")
+        ax.set_title(env_id)
+        ax.set_xlabel("environment steps" if x_axis == "steps" else "wall time (s)")
+        ax.set_ylabel("evaluation return (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlrun-plot", description="Learning curves (evaluation return) of "
+                                     "rlrun runs, grouped by configuration: mean and ±1 std over seeds.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweep directories, or folders "
+                        "holding them")
+    parser.add_argument("-o", "--output", type=Path, default=Path("learning_curves.png"),
+                        help="PNG file to write (default learning_curves.png)")
+    parser.add_argument("--x", dest="x_axis", choices=["steps", "wall"], default="steps",
+                        help="x axis: environment steps (default) or wall-clock seconds")
+    parser.add_argument("--title", default=None, help="figure title")
+    args = parser.parse_args(argv)
+    try:
+        drawn = plot(args.paths, args.output, args.x_axis, args.title)
+    except PlotError as exc:
+        print(f"rlrun-plot error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    for label, seeds in drawn.items():
+        print(f"{label}: {seeds} seed{'s' if seeds != 1 else ''}")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""Multirun support: the objective a job returns to a sweeper, and the summary written when a sweep ends.
+
+A sweep directory (Hydra's `hydra.sweep.dir`) holds one job directory per job, each with `.hydra/` and either
+one run (`summary.json`, `evaluations.csv`) or, with `objective.seeds=k`, one run per seed in `seed<N>/`.
+Everything here reads those files as data (plain YAML/JSON): nothing is instantiated from them.
+
+Configurations are told apart by the overrides that differ between runs, minus `seed`: a sweep
+`algo=dqn,double_dqn seed=0,1,2` has two configurations of three seeds each. `python -m rlrun.sweep DIR`
+writes the summary of a sweep whose end was never reached (e.g. a cancelled SLURM array).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rlrun.config import ObjectiveMetric
+
+SUMMARY_CSV = "sweep_summary.csv"
+# Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
+IGNORED_KEYS = ("seed", "resume", "log.", "hydra.", "objective.")
+
+
+# -- the objective -----------------------------------------------------------------------------------------
+def objective_value(summaries: list[dict[str, Any]], metric: ObjectiveMetric | str) -> float:
+    """Mean over seeds of `metric` from each run's summary.json (NaN when no run has a value).
+
+    For the time-to-threshold metrics an unsolved run counts as its whole budget (total_steps, or the wall
+    time it ran), so "never solved" ranks below "solved late" instead of dropping out of the mean.
+    """
+    metric = ObjectiveMetric(metric)
+    values = []
+    for summary in summaries:
+        if metric == ObjectiveMetric.best_return:
+            value = summary.get("best_return_mean")
+        elif metric == ObjectiveMetric.final_return:
+            value = summary.get("final_return_mean")
+        elif metric == ObjectiveMetric.solved_at_step:
+            value = summary.get("solved_at_step")
+            value = summary.get("total_steps") if value is None else value
+        else:
+            value = summary.get("solved_at_wall_time_s")
+            value = summary.get("wall_time_s") if value is None else value
+        if value is not None:
+            values.append(float(value))
+    return float(statistics.fmean(values)) if values else math.nan
+
+
+def train_seeds(cfg: DictConfig, job_dir: Path,
+                train: Callable[[DictConfig, Path], dict[str, Any]]) -> list[tuple[dict[str, Any], Path]]:
+    """Train `objective.seeds` seeds (seed, seed+1, …) one after the other, each in job_dir/seed<N>/.
+
+    Writes job_dir/objective.json (metric, per-seed values, mean) and returns (summary, run_dir) per seed.
+    With resume=auto a requeued job skips the seeds it already finished (their last.pt is at total_steps).
+    """
+    if int(cfg.objective.seeds) < 1:
+        raise ValueError(f"objective.seeds must be at least 1, got {cfg.objective.seeds}")
+    results = []
+    for offset in range(int(cfg.objective.seeds)):
+        seed_cfg = cfg.copy()
+        seed_cfg.seed = int(cfg.seed) + offset
+        run_dir = job_dir / f"seed{seed_cfg.seed}"
+        results.append((train(seed_cfg, run_dir), run_dir))
+    summaries = [summary for summary, _ in results]
+    metric = ObjectiveMetric(cfg.objective.metric)
+    report = {"metric": metric.value, "seeds": [s["seed"] for s in summaries],
+              "values": [objective_value([s], metric) for s in summaries],
+              "mean": objective_value(summaries, metric)}
+    (job_dir / "objective.json").write_text(json.dumps(report, indent=2) + "\n")
+    return results
+
+
+# -- reading runs ----------------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """One training run found on disk, with the settings that may tell it apart from others."""
+
+    run_dir: Path
+    job_dir: Path
+    settings: dict[str, str]
+    summary: dict[str, Any] | None
+    config: DictConfig | None = field(default=None, repr=False)
+
+    @property
+    def seed(self) -> int | None:
+        if self.summary is not None and self.summary.get("seed") is not None:
+            return int(self.summary["seed"])
+        if self.config is not None:
+            return OmegaConf.select(self.config, "seed", default=None)
+        return None
+
+
+def _job_dir_of(run_dir: Path) -> Path:
+    """The nearest directory at or above run_dir that holds Hydra's `.hydra/` (the seed<N>/ runs of a job)."""
+    for candidate in (run_dir, *run_dir.parents[:2]):
+        if (candidate / ".hydra").is_dir():
+            return candidate
+    return run_dir
+
+
+def _is_ignored(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in IGNORED_KEYS)
+
+
+def _read_settings(job_dir: Path) -> tuple[dict[str, str], DictConfig | None]:
+    """Group choices (algo=dqn, env=cartpole, …) and command-line overrides of a job, as strings."""
+    hydra_dir = job_dir / ".hydra"
+    settings: dict[str, str] = {}
+    if (hydra_dir / "hydra.yaml").exists():
+        hydra_yaml = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()) or {}
+        choices = (hydra_yaml.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+        for group, option in choices.items():
+            if not group.startswith("hydra/") and group != "tuned":
+                settings[group] = _canonical(option)
+    if (hydra_dir / "overrides.yaml").exists():
+        for override in yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []:
+            key, _, value = str(override).partition("=")
+            settings[key.lstrip("+~")] = _canonical(value)
+    config = None
+    if (hydra_dir / "config.yaml").exists():
+        config = OmegaConf.create(yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {})
+    return settings, config
+
+
+def _canonical(value: Any) -> str:
+    """One spelling per value: `False`/`false` → false, `[64,64]` → [64, 64], 1e-3 → 0.001."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    if isinstance(value, bool | int | float | list | dict) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def find_runs(paths: Iterable[Path], marker: str = "summary.json") -> list[RunRecord]:
+    """Every run under `paths` (a run dir, a job dir, a sweep dir, …): directories holding `marker`."""
+    records: dict[Path, RunRecord] = {}
+    settings_cache: dict[Path, tuple[dict[str, str], DictConfig | None]] = {}
+    for root in paths:
+        root = Path(root)
+        found = [root / marker] if (root / marker).exists() else sorted(root.rglob(marker))
+        for marker_path in found:
+            run_dir = marker_path.parent.resolve()
+            if run_dir in records:
+                continue
+            job_dir = _job_dir_of(run_dir)
+            if job_dir not in settings_cache:
+                settings_cache[job_dir] = _read_settings(job_dir)
+            settings, config = settings_cache[job_dir]
+            summary = None
+            if (run_dir / "summary.json").exists():
+                try:
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                except json.JSONDecodeError:
+                    summary = None
+            records[run_dir] = RunRecord(run_dir, job_dir, dict(settings), summary, config)
+    return list(records.values())
+
+
+def differing_keys(records: list[RunRecord]) -> list[str]:
+    """Setting keys (in first-seen order) whose value is not the same for every run, seed excluded."""
+    keys: list[str] = []
+    for record in records:
+        keys.extend(k for k in record.settings if k not in keys and not _is_ignored(k))
+    differing = []
+    for key in keys:
+        values = {_setting(record, key) for record in records}
+        if len(values) > 1:
+            differing.append(key)
+    return differing
+
+
+def _setting(record: RunRecord, key: str) -> str | None:
+    """A run's value for `key`: its override/choice, else the value in its composed config."""
+    if key in record.settings:
+        return record.settings[key]
+    if record.config is not None:
+        value = OmegaConf.select(record.config, key, default=None)
+        if value is not None:
+            return _canonical(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+    return None
+
+
+def _short(value: str | None) -> str | None:
+    """0.0006466422717414558 → 0.0006466 in labels (the CSV's own columns keep every digit)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value
+    return f"{number:.4g}" if "." in str(value) and len(str(value)) > 7 else value
+
+
+def group_runs(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Configuration label → its runs (one per seed), labels like `algo=dqn env=cartpole`."""
+    keys = differing_keys(records)
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        label = " ".join(f"{key}={_short(_setting(record, key))}" for key in keys) or "all runs"
+        groups.setdefault(label, []).append(record)
+    for runs in groups.values():
+        runs.sort(key=lambda r: (r.seed is None, r.seed or 0, str(r.run_dir)))
+    return groups
+
+
+# -- the summary table ---------------------------------------------------------------------------------------------
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), (statistics.pstdev(present) if len(present) > 1 else 0.0)
+
+
+COLUMNS = ("configuration", "runs", "seeds", "final_return_mean", "final_return_std", "best_return_mean",
+           "best_return_std", "solved_runs", "solved_at_step_mean", "solved_at_step_std",
+           "solved_at_wall_time_s_mean", "solved_at_wall_time_s_std", "steps_per_second_mean", "statuses")
+
+
+def summarize(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per configuration (mean ± std over seeds); also returns the keys that differ."""
+    records = [r for r in find_runs(paths) if r.summary is not None]
+    keys = differing_keys(records)
+    rows = []
+    for label, runs in group_runs(records).items():
+        summaries = [r.summary for r in runs]
+        row: dict[str, Any] = {"configuration": label, "runs": len(runs),
+                               "seeds": " ".join(str(r.seed) for r in runs)}
+        for name in ("final_return", "best_return"):
+            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([s.get(f"{name}_mean") for s in summaries])
+        solved = [s for s in summaries if s.get("solved_at_step") is not None]
+        row["solved_runs"] = len(solved)
+        # Time to threshold over the runs that reached it; solved_runs says how many that is.
+        for name in ("solved_at_step", "solved_at_wall_time_s"):
+            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([s.get(name) for s in solved])
+        row["steps_per_second_mean"] = _mean_std([s.get("steps_per_second") for s in summaries])[0]
+        row["statuses"] = " ".join(sorted({str(s.get("status")) for s in summaries}))
+        for key in keys:
+            row[key] = _setting(runs[0], key)
+        rows.append(row)
+    return rows, keys
+
+
+def write_summary_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *keys], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else (round(v, 3) if isinstance(v, float) else v))
+                             for k, v in row.items()})
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 1) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a log file: do not squeeze the table into 80 columns
+        console = Console(highlight=False, width=200)
+    table = Table(title=title)
+    for name, justify in (("configuration", "left"), ("seeds", "right"), ("final return", "right"),
+                          ("best return", "right"), ("solved", "right"), ("solved at step", "right"),
+                          ("solved at (s)", "right"), ("steps/s", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        sps = row["steps_per_second_mean"]
+        table.add_row(row["configuration"], str(row["runs"]),
+                      _pm(row["final_return_mean"], row["final_return_std"]),
+                      _pm(row["best_return_mean"], row["best_return_std"]),
+                      f"{row['solved_runs']}/{row['runs']}",
+                      _pm(row["solved_at_step_mean"], row["solved_at_step_std"], 0),
+                      _pm(row["solved_at_wall_time_s_mean"], row["solved_at_wall_time_s_std"], 0),
+                      "—" if sps is None else f"{sps:,.0f}")
+    console.print(table)
+
+
+def summarize_sweep(sweep_dir: Path, quiet: bool = False) -> Path | None:
+    """Write sweep_dir/sweep_summary.csv and print the table; None when the sweep holds no finished run."""
+    rows, keys = summarize([sweep_dir])
+    if not rows:
+        return None
+    path = sweep_dir / SUMMARY_CSV
+    write_summary_csv(rows, keys, path)
+    if not quiet:
+        print_table(rows, f"sweep {sweep_dir}")
+        print(f"Sweep summary: {path}", flush=True)
+    return path
+
+
+class SweepCallback(Callback):
+    """Registered under hydra.callbacks in conf/config.yaml for every multirun.
+
+    At the start it creates the sweep dir, because the Optuna sweeper opens its SQLite study there
+    (`storage: sqlite:///${hydra.sweep.dir}/optuna.db`) before any job has made the directory.
+    At the end it writes sweep_summary.csv and prints the table.
+    """
+
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Resolved once here; the sweeper and the launcher read the same cached `${now:…}` value.
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir() and summarize_sweep(sweep_dir) is None:
+            print(f"Sweep summary: no finished run under {sweep_dir}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m rlrun.sweep SWEEP_DIR…  (writes SWEEP_DIR/sweep_summary.csv)")
+        sys.exit(0 if args else 2)
+    status = 0
+    for arg in args:
+        if summarize_sweep(Path(arg)) is None:
+            print(f"rlrun.sweep: no run with a summary.json under {arg}", file=sys.stderr)
+            status = 2
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
