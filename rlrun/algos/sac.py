@@ -32,6 +32,7 @@ from rlrun.networks import MLP, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
+    bf16_autocast,
     check_common,
     collect,
     gradient_steps_per_phase,
@@ -86,6 +87,8 @@ class SACConfig:
     """Entropy target of the autotuning; null = −|A| (the paper's heuristic)."""
     n_critics: int = 2
     """Critics whose minimum is used (2 = clipped double Q)."""
+    bf16: bool = False
+    """Update matmuls in bfloat16 (torch.autocast): faster on AVX512-BF16/AMX CPUs, less precise; off = fp32."""
 
 
 def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,7 @@ class SquashedGaussianActor(MLP):
         super().__init__(n_obs, 2 * n_act, net)
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = super().forward(obs).chunk(2, dim=-1)
+        mean, log_std = super().forward(obs).float().chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +199,9 @@ class SACAgent:
         metrics: dict[str, Any] = {}
         if runner.global_step > cfg.learning_starts:
             self.set_learning_rates(runner.global_step)
-            for _ in range(self.gradient_steps):
-                metrics = self.update()
+            with bf16_autocast(self.device, cfg.bf16):
+                for _ in range(self.gradient_steps):
+                    metrics = self.update()
         return metrics
 
     def update(self) -> dict[str, torch.Tensor]:
