@@ -1,0 +1,181 @@
+"""Multiruns through Hydra's own launchers and the Optuna sweeper, the k-seed objective, the sweep summary."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, REPO
+
+from rlrun.sweep import find_runs, group_runs, objective_value, summarize
+
+# DQN on CartPole for a few hundred steps: seconds per job, enough to write every file a run writes.
+TINY_DQN = ["env=cartpole", "total_steps=300", "eval.every_steps=150", "eval.episodes=1",
+            "algo.learning_starts=100", "algo.train_freq=50", "algo.gradient_steps=2", "algo.batch_size=16",
+            "log.tensorboard=false", "log.progress=none"]
+TINY_PPO = ["total_steps=256", "algo.num_envs=2", "algo.num_steps=64", "algo.minibatch_size=32",
+            "algo.update_epochs=1", "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
+            "log.progress=none"]
+
+
+def multirun(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    args = [str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- pure functions ------------------------------------------------------------------------------------------
+def test_objective_value_means_over_seeds_and_counts_unsolved_as_the_budget():
+    runs = [{"best_return_mean": 100.0, "final_return_mean": 80.0, "solved_at_step": 4000, "total_steps": 10000,
+             "solved_at_wall_time_s": 2.0, "wall_time_s": 5.0},
+            {"best_return_mean": 300.0, "final_return_mean": 40.0, "solved_at_step": None, "total_steps": 10000,
+             "solved_at_wall_time_s": None, "wall_time_s": 9.0}]
+    assert objective_value(runs, "best_return") == 200.0
+    assert objective_value(runs, "final_return") == 60.0
+    assert objective_value(runs, "solved_at_step") == (4000 + 10000) / 2
+    assert objective_value(runs, "solved_at_wall_time_s") == (2.0 + 9.0) / 2
+    assert math.isnan(objective_value([{"best_return_mean": None}], "best_return"))
+
+
+def _fake_job(sweep: Path, name: str, overrides: list[str], seed: int, best: float, final: float,
+              solved: int | None = None, sps: float = 100.0) -> Path:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "env": {"id": "CartPole-v1"}}))
+    (job / "summary.json").write_text(json.dumps({
+        "algo": "dqn", "env_id": "CartPole-v1", "seed": seed, "total_steps": 1000, "steps_done": 1000,
+        "wall_time_s": 10.0, "steps_per_second": sps, "final_return_mean": final, "best_return_mean": best,
+        "solved_at_step": solved, "solved_at_wall_time_s": None if solved is None else solved / 100,
+        "status": "completed", "reward_threshold": 475}))
+    return job
+
+
+def test_summary_groups_by_the_overrides_that_differ_minus_seed(tmp_path):
+    # `rlrun -m algo=dqn,double_dqn seed=0,1 total_steps=1000`: total_steps is the same everywhere.
+    values = {("dqn", 0): (10, 8, None), ("dqn", 1): (30, 20, 500), ("double_dqn", 0): (50, 50, 200),
+              ("double_dqn", 1): (70, 60, 400)}
+    for i, ((algo, seed), (best, final, solved)) in enumerate(values.items()):
+        _fake_job(tmp_path, f"{i}_job", [f"algo={algo}", f"seed={seed}", "total_steps=1000"], seed, best, final,
+                  solved)
+    groups = group_runs(find_runs([tmp_path]))
+    assert sorted(groups) == ["algo=double_dqn", "algo=dqn"]
+    assert [r.seed for r in groups["algo=dqn"]] == [0, 1]
+    rows, keys = summarize([tmp_path])
+    assert keys == ["algo"]
+    dqn = next(r for r in rows if r["configuration"] == "algo=dqn")
+    assert dqn["runs"] == 2 and dqn["seeds"] == "0 1"
+    assert dqn["best_return_mean"] == 20.0 and dqn["best_return_std"] == 10.0  # population std of 10, 30
+    assert dqn["final_return_mean"] == 14.0 and dqn["final_return_std"] == 6.0
+    assert dqn["solved_runs"] == 1 and dqn["solved_at_step_mean"] == 500.0
+    double = next(r for r in rows if r["configuration"] == "algo=double_dqn")
+    assert double["solved_runs"] == 2 and double["solved_at_step_mean"] == 300.0
+    assert double["solved_at_step_std"] == 100.0
+
+
+def test_summary_treats_spellings_of_one_value_alike(tmp_path):
+    _fake_job(tmp_path, "a", ["network.hidden=[64,64]", "log.tensorboard=False", "seed=0"], 0, 1, 1)
+    _fake_job(tmp_path, "b", ["network.hidden=[64, 64]", "log.tensorboard=false", "seed=1"], 1, 3, 3)
+    _fake_job(tmp_path, "c", ["network.hidden=[128]", "seed=0"], 0, 5, 5)
+    groups = group_runs(find_runs([tmp_path]))
+    assert {label: len(runs) for label, runs in groups.items()} == \
+        {"network.hidden=[64, 64]": 2, "network.hidden=[128]": 1}
+
+
+# -- Hydra launchers -------------------------------------------------------------------------------------------
+def _check_sweep(sweep_dir: Path, jobs: int, configurations: dict[str, int]) -> list[dict[str, str]]:
+    summaries = sorted(sweep_dir.glob("*/summary.json"))
+    assert len(summaries) == jobs, f"expected {jobs} summary.json in {sweep_dir}, found {summaries}"
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["status"] == "completed" and summary["steps_done"] >= 300
+    rows = read_csv(sweep_dir / "sweep_summary.csv")
+    assert {row["configuration"]: int(row["runs"]) for row in rows} == configurations
+    for row in rows:
+        assert row["best_return_mean"] != "" and float(row["steps_per_second_mean"]) > 0
+    return rows
+
+
+def test_joblib_multirun_of_four_jobs_writes_four_summaries_and_the_sweep_summary(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = multirun(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo=dqn,double_dqn",
+                    "seed=0,1", *TINY_DQN)
+    _check_sweep(sweep_dir, 4, {"algo=dqn": 2, "algo=double_dqn": 2})
+    assert "Joblib" in proc.stdout + proc.stderr  # it really went through hydra-joblib-launcher
+    assert "algo=double_dqn" in proc.stdout and "sweep_summary.csv" in proc.stdout  # the rich table
+
+
+@pytest.mark.slow  # ~25 s, mostly submitit starting its workers
+def test_submitit_local_multirun_of_two_jobs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    multirun(sweep_dir, "hydra/launcher=submitit_local", "algo=dqn", "seed=0,1", *TINY_DQN)
+    _check_sweep(sweep_dir, 2, {"all runs": 2})
+    assert (sweep_dir / ".submitit").is_dir()  # submitit's own job folders
+
+
+RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
+
+
+@pytest.mark.slow  # ~30 s, mostly Ray starting a local instance
+@pytest.mark.skipif(RAY_MISSING, reason="hydra-ray-launcher is not installed: pip install -e '.[ray]' "
+                    "(make install does)")
+def test_ray_launcher_on_a_local_ray_instance(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    multirun(sweep_dir, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+             "+hydra.launcher.ray.init.include_dashboard=false", "algo=dqn", "seed=0,1",
+             *TINY_DQN, timeout=400)
+    _check_sweep(sweep_dir, 2, {"all runs": 2})
+
+
+# -- Optuna ------------------------------------------------------------------------------------------------------
+def _trials(db: Path, study: str):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
+
+
+def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_path):
+    sweep_dir = tmp_path / "search"
+    common = ["hparams_search=ppo_cartpole", *TINY_PPO, "objective.seeds=2"]
+    proc = multirun(sweep_dir, "hydra.sweeper.n_trials=3", *common)
+    db = sweep_dir / "optuna.db"
+    assert db.exists()
+    trials = _trials(db, "ppo_cartpole")
+    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
+    # Each trial samples the architecture as well as the hyperparameters.
+    assert all({"network.hidden", "network.activation", "algo.learning_rate"} <= set(t.params) for t in trials)
+    trial_dirs = sorted(p.parent for p in sweep_dir.glob("*/objective.json"))
+    assert len(trial_dirs) == 3
+    for trial_dir in trial_dirs:  # k=2 seeds per trial; the trial's value is their mean
+        objective = json.loads((trial_dir / "objective.json").read_text())
+        assert objective["seeds"] == [0, 1] and objective["metric"] == "best_return"
+        assert objective["mean"] == pytest.approx(sum(objective["values"]) / 2)
+        assert len(list(trial_dir.glob("seed*/summary.json"))) == 2
+    values = sorted(t.value for t in trials)
+    assert values == pytest.approx(sorted(json.loads((d / "objective.json").read_text())["mean"]
+                                          for d in trial_dirs))
+    assert "Best value" in proc.stdout + proc.stderr
+    assert len(read_csv(sweep_dir / "sweep_summary.csv")) >= 1
+
+    # The same command and sweep dir again: the study is loaded and grows; no trial directory is reused.
+    proc = multirun(sweep_dir, "hydra.sweeper.n_trials=1", *common)
+    assert "Using an existing study" in proc.stdout + proc.stderr
+    assert len(_trials(db, "ppo_cartpole")) == 4
+    assert len(list(sweep_dir.glob("*/objective.json"))) == 4
