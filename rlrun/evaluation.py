@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,9 @@ def _recording_env(env_cfg: EnvConfig, video_dir: Path) -> gym.Env:
         import moviepy  # noqa: F401  (RecordVideo encodes through moviepy)
     except ImportError:
         raise ValueError("recording video needs moviepy: pip install moviepy") from None
+    # Off-screen rendering: no display or sound device is needed (and SDL stops complaining about them).
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = make_env(env_cfg, render_mode="rgb_array")
     with warnings.catch_warnings():  # "overwriting existing videos": several envs share the folder on purpose
         warnings.simplefilter("ignore")

@@ -1,0 +1,93 @@
+"""`rlrun-plot`: learning curves grouped by configuration, mean and spread over seeds, a real PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import BIN, REPO
+
+from rlrun.plot import mean_and_spread, plot
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_and_spread_interpolates_seeds_onto_a_common_grid():
+    a = (np.array([0.0, 10.0, 20.0]), np.array([0.0, 10.0, 20.0]))
+    b = (np.array([0.0, 10.0, 20.0]), np.array([10.0, 30.0, 50.0]))
+    grid, mean, std = mean_and_spread([a, b], points=3)
+    assert grid.tolist() == [0.0, 10.0, 20.0]
+    assert mean.tolist() == [5.0, 20.0, 35.0] and std.tolist() == [5.0, 10.0, 15.0]
+    # Seeds that evaluated at other steps: compared only where both have data (5..20), interpolated.
+    c = (np.array([5.0, 20.0, 25.0]), np.array([5.0, 20.0, 0.0]))
+    grid, mean, _ = mean_and_spread([a, c], points=4)
+    assert grid[0] == 5.0 and grid[-1] == 20.0
+    assert np.allclose(mean, grid)  # both are y = x on [5, 20]
+
+
+def _fake_run(root: Path, name: str, overrides: list[str], seed: int, slope: float, env_id: str = "CartPole-v1",
+              threshold: float | None = 475) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": seed, "env": {"id": env_id, "reward_threshold": threshold}}))
+    lines = ["step,wall_time_s,return_mean,return_std,length_mean"]
+    for i in range(1, 11):
+        step = i * 1000 + seed  # seeds evaluate at slightly different steps
+        lines.append(f"{step},{i * 0.5 + seed * 0.1:.3f},{slope * i + 10 * seed:.6f},1.0,{slope * i:.3f}")
+    (run / "evaluations.csv").write_text("\n".join(lines) + "\n")
+    (run / "summary.json").write_text(json.dumps({"seed": seed, "env_id": env_id, "reward_threshold": threshold}))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    for i, (algo, seed) in enumerate([("dqn", 0), ("dqn", 1), ("dqn", 2), ("double_dqn", 0), ("double_dqn", 1)]):
+        _fake_run(root, f"{i}_algo={algo},seed={seed}", [f"algo={algo}", f"seed={seed}", "total_steps=10000"],
+                  seed, 40.0 if algo == "dqn" else 20.0)
+    return root
+
+
+def _assert_png(path: Path, min_bytes: int = 20_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert len(data) > min_bytes, f"{path} is only {len(data)} bytes"
+
+
+def test_plot_groups_runs_by_configuration_minus_seed(sweep, tmp_path):
+    drawn = plot([sweep], tmp_path / "curves.png")
+    assert drawn == {"algo=dqn": 3, "algo=double_dqn": 2}
+    _assert_png(tmp_path / "curves.png")
+
+
+def test_plot_puts_each_env_in_its_own_panel(sweep, tmp_path):
+    other = tmp_path / "other"
+    _fake_run(other, "run", ["algo=dqn", "env=acrobot"], 0, 5.0, env_id="Acrobot-v1", threshold=-100)
+    drawn = plot([sweep, other / "run"], tmp_path / "two.png", x_axis="wall")
+    assert drawn["CartPole-v1: algo=dqn"] == 3 and drawn["Acrobot-v1: all runs"] == 1
+    _assert_png(tmp_path / "two.png")
+
+
+def test_rlrun_plot_command_writes_a_png_and_reports_the_groups(sweep, tmp_path):
+    out = tmp_path / "fig" / "curves.png"
+    proc = subprocess.run([str(BIN / "rlrun-plot"), str(sweep), "-o", str(out), "--x", "steps"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "algo=dqn: 3 seeds" in proc.stdout and "algo=double_dqn: 2 seeds" in proc.stdout
+    _assert_png(out)
+
+
+def test_rlrun_plot_fails_clearly_on_a_directory_without_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "empty", tmp_path / "missing"):
+        proc = subprocess.run([str(BIN / "rlrun-plot"), str(path), "-o", str(tmp_path / "x.png")],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 2
+        assert "rlrun-plot error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.png").exists()
