@@ -214,7 +214,9 @@ class RunningMeanStd:
         self.count = total
 
     def state(self) -> dict[str, Any]:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+        # np.asarray: a 0-d statistic is a NumPy scalar, which the checkpoint (weights_only) cannot hold.
+        return {"mean": np.array(self.mean, dtype=np.float64), "var": np.array(self.var, dtype=np.float64),
+                "count": float(self.count)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.mean = np.asarray(state["mean"], dtype=np.float64).copy()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
@@ -104,6 +104,17 @@ def line_search(evaluate: Callable[[float], tuple[float, float]], objective_befo
     return None
 
 
+@torch.no_grad()
+def assign_flat(params: list[torch.nn.Parameter], vector: torch.Tensor) -> None:
+    """Copy a flat vector into the parameters in place. (torch's vector_to_parameters rebinds .data to views
+    of the vector instead; their different memory alignment changes float rounding in later matmuls, which
+    broke bit-exact resume.)"""
+    offset = 0
+    for param in params:
+        param.copy_(vector[offset:offset + param.numel()].view_as(param))
+        offset += param.numel()
+
+
 class TRPOAgent:
     def __init__(self, cfg: TRPOConfig, ctx: AgentContext):
         self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.minibatch_size, "trpo")
@@ -166,14 +177,14 @@ class TRPOAgent:
 
         @torch.no_grad()
         def evaluate(fraction: float) -> tuple[float, float]:
-            vector_to_parameters(start + fraction * full_step, params)
+            assign_flat(params, start + fraction * full_step)
             new_surrogate, new_kl = surrogate_and_kl()
             return float(new_surrogate), float(new_kl)
 
         fraction = line_search(evaluate, float(surrogate.detach()), cfg.target_kl, cfg.line_search_shrinking_factor,
                                cfg.line_search_max_iter)
         with torch.no_grad():
-            vector_to_parameters(start + (fraction or 0.0) * full_step, params)
+            assign_flat(params, start + (fraction or 0.0) * full_step)
             final_surrogate, final_kl = surrogate_and_kl()
         return {"losses/surrogate": final_surrogate, "losses/kl": final_kl,
                 "losses/surrogate_gain": final_surrogate - surrogate.detach(),
