@@ -179,3 +179,12 @@ def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_
     assert "Using an existing study" in proc.stdout + proc.stderr
     assert len(_trials(db, "ppo_cartpole")) == 4
     assert len(list(sweep_dir.glob("*/objective.json"))) == 4
+
+
+def test_slurm_launcher_preset_composes_with_requeue_settings():
+    proc = subprocess.run([str(BIN / "rlrun"), "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    launcher = yaml.safe_load(proc.stdout.split("\n", 1)[1])  # after "# @package hydra.launcher"
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["max_num_timeout"] > 0 and launcher["cpus_per_task"] == 1
