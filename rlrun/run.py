@@ -329,7 +329,7 @@ class Run:
             raise CheckpointError(f"cannot resume from {self.resume_from}: it holds weights only "
                                   f"(best.pt); resume from last.pt or the run directory")
         load_model_state(self.agent, payload["model"])
-        self.agent.load_training_state(_numpyise(payload["agent_state"]))
+        self.agent.load_training_state(payload["agent_state"])
         buffer = load_buffer(self.resume_from, payload)
         if buffer is not None:
             self.agent.load_buffer_arrays(buffer)

@@ -45,7 +45,10 @@ class Agent(Protocol):
         """Everything else the run's future depends on (optimizers, counters, RNG), tensors and plain data."""
         ...
 
-    def load_training_state(self, state: dict[str, Any]) -> None: ...
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `training_state`. NumPy arrays saved there come back as torch tensors
+        (checkpoints hold only tensors and plain data); convert with `np.asarray` where needed."""
+        ...
 
     def buffer_arrays(self) -> dict[str, np.ndarray] | None:
         """Replay-buffer contents to save beside the checkpoint (`.npz`), or None."""

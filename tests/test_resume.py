@@ -1,0 +1,134 @@
+"""A resumed run is the run: kill -9 after the first checkpoint, `resume=auto`, and the evaluations and final
+weights are bit-identical to an uninterrupted run with the same seed (issue 6)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN, REPO, read_summary, rlrun
+
+from rlrun.algos import ALGORITHMS
+
+# Tiny but non-trivial settings per algorithm: several checkpoints, evaluations between them, and episodes that
+# straddle checkpoints (so resuming must rebuild envs mid-episode).
+DISCRETE_ENV = ["env=cartpole"]
+CONTINUOUS_ENV = ["env=pendulum"]
+SMALL_NET = ["network.hidden=[32,32]"]
+PER_ALGO: dict[str, list[str]] = {
+    "dqn": ["algo.learning_starts=200", "algo.train_freq=4", "algo.gradient_steps=1", "algo.batch_size=32",
+            "algo.target_update_interval=100", "algo.buffer_size=3000"],
+    "double_dqn": ["algo.learning_starts=200", "algo.train_freq=4", "algo.gradient_steps=1",
+                   "algo.batch_size=32", "algo.target_update_interval=100", "algo.buffer_size=3000"],
+}
+TOTAL_STEPS = 6000
+CHECKPOINT_EVERY = 1500
+
+
+def overrides_for(algo: str) -> list[str]:
+    spec = ALGORITHMS[algo]
+    env = DISCRETE_ENV if spec.discrete else CONTINUOUS_ENV
+    return [f"algo={algo}", *env, *SMALL_NET, *PER_ALGO.get(algo, []), f"total_steps={TOTAL_STEPS}",
+            "eval.every_steps=1000", "eval.episodes=2", f"checkpoint.every_steps={CHECKPOINT_EVERY}",
+            "log.tensorboard=false", "seed=3", "resume=auto"]
+
+
+def start(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    args = [str(BIN / "rlrun"), f"hydra.run.dir={run_dir}", "log.progress=plain", *overrides]
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_after_first_checkpoint(run_dir: Path, overrides: list[str]) -> None:
+    proc = start(run_dir, overrides)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert proc.poll() is None, f"run ended before its first checkpoint:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    time.sleep(0.3)  # let it run on past the checkpoint, so the killed run leaves rows the resume must drop
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert read_summary_status(run_dir) is None  # kill -9 leaves no summary
+
+
+def read_summary_status(run_dir: Path) -> str | None:
+    return read_summary(run_dir)["status"] if (run_dir / "summary.json").exists() else None
+
+
+def evaluation_columns(run_dir: Path) -> list[tuple[str, str]]:
+    lines = (run_dir / "evaluations.csv").read_text().strip().splitlines()
+    rows = [line.split(",") for line in lines]
+    return [(row[0], row[2]) for row in rows]  # step, return_mean (as written: bit-exact text)
+
+
+def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_run(reference: Path, resumed: Path) -> None:
+    assert evaluation_columns(resumed) == evaluation_columns(reference)
+    ref_model, res_model = final_model(reference), final_model(resumed)
+    assert ref_model.keys() == res_model.keys()
+    for key in ref_model:
+        assert torch.equal(ref_model[key], res_model[key]), f"{key} differs after resume"
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_kill_9_then_resume_auto_is_bit_identical(tmp_path, algo):
+    overrides = overrides_for(algo)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    rlrun(reference, *overrides)
+    kill_after_first_checkpoint(resumed, overrides)
+    proc = rlrun(resumed, *overrides)
+    assert "resumed from" in proc.stdout
+    assert read_summary(resumed)["status"] == "completed"
+    assert read_summary(resumed)["steps_done"] == read_summary(reference)["steps_done"]
+    assert_same_run(reference, resumed)
+
+
+def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path):
+    overrides = overrides_for("dqn")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    rlrun(reference, *overrides)
+    proc = start(resumed, overrides)
+    deadline = time.monotonic() + 300
+    while not (resumed / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output
+    summary = read_summary(resumed)
+    assert summary["status"] == "interrupted" and summary["steps_done"] < TOTAL_STEPS
+    payload = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
+    assert payload["step"] == summary["steps_done"]  # the checkpoint was written at the interruption
+    rlrun(resumed, *overrides)
+    assert read_summary(resumed)["status"] == "completed"
+    assert_same_run(reference, resumed)
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
+    rlrun(tmp_path / "run", *overrides_for("dqn")[:-1], "total_steps=300", "checkpoint.every_steps=0",
+          "resume=auto")
+    assert read_summary(tmp_path / "run")["resumed_from"] is None
+
+
+def test_resume_from_a_run_directory_continues_into_a_new_one(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = [o for o in overrides_for("dqn") if not o.startswith(("resume=", "total_steps="))]
+    rlrun(first, *base, "total_steps=3000")
+    rlrun(second, *base, "total_steps=6000", f"resume={first}")
+    summary = read_summary(second)
+    assert summary["resumed_from"] == str(first / "checkpoints" / "last.pt")
+    assert summary["steps_done"] == 6000
+    steps = [int(step) for step, _ in evaluation_columns(second)[1:]]
+    assert steps == [1000, 2000, 3000, 4000, 5000, 6000]  # the first run's rows, then the continuation
+
+

@@ -1,0 +1,191 @@
+"""Crash safety and safe loading: atomic writes, full disk, NaN, malicious and corrupt checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import BIN, REPO, read_summary, rlrun
+from omegaconf import OmegaConf
+
+from rlrun.checkpoint import CheckpointError, load_buffer, load_checkpoint, save_checkpoint
+from rlrun.config import compose
+from rlrun.run import NonFiniteError, Run
+
+TINY = ["algo=dqn", "env=cartpole", "network.hidden=[16]", "total_steps=800", "eval.every_steps=400",
+        "eval.episodes=1", "algo.learning_starts=100", "algo.train_freq=4", "algo.gradient_steps=1",
+        "algo.batch_size=16", "log.tensorboard=false", "log.progress=none"]
+
+
+def build_run(run_dir: Path, *overrides: str) -> Run:
+    cfg = compose([*TINY, *overrides])
+    return Run(OmegaConf.to_object(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def payload(value: float) -> dict:
+    return {"model": {"w": torch.full((3,), value)}, "step": int(value)}
+
+
+def test_kill_between_temp_write_and_rename_keeps_previous_checkpoint(tmp_path):
+    """A child writes checkpoint 1, then is SIGKILLed inside the rename of checkpoint 2."""
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np, torch
+        from rlrun.checkpoint import save_checkpoint
+        path = {str(tmp_path / "last.pt")!r}
+        save_checkpoint(path, {{"model": {{"w": torch.full((3,), 1.0)}}, "step": 1}},
+                        {{"x": np.ones(4)}}, step=1)
+        real_replace = os.replace
+        def dying_replace(src, dst):
+            if str(dst).endswith("last.pt"):
+                os.kill(os.getpid(), signal.SIGKILL)  # temp file written and fsynced, rename not done
+            return real_replace(src, dst)
+        os.replace = dying_replace
+        save_checkpoint(path, {{"model": {{"w": torch.full((3,), 2.0)}}, "step": 2}},
+                        {{"x": np.zeros(4)}}, step=2)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    loaded = load_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(loaded["model"]["w"], torch.full((3,), 1.0))
+    np.testing.assert_array_equal(load_buffer(tmp_path / "last.pt", loaded)["x"], np.ones(4))
+
+
+def test_full_disk_keeps_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, payload(1.0))
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="no space left"):
+        save_checkpoint(path, payload(2.0))
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((3,), 1.0))
+    assert not list(tmp_path.glob(".last.pt.tmp-*"))  # no temp file left behind
+
+
+def test_full_disk_during_a_run_fails_clearly_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    run = build_run(tmp_path, "checkpoint.every_steps=200")
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_fill_disk(obj, handle, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_fill_disk)
+    with pytest.raises(CheckpointError, match="no space left"):
+        run.train()
+    monkeypatch.undo()
+    assert read_summary(tmp_path)["status"] == "failed"
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] > 0
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = build_run(tmp_path, "checkpoint.every_steps=200")
+    real_update = run.agent.update
+    calls = {"n": 0}
+
+    def poisoned_update():
+        calls["n"] += 1
+        metrics = real_update()
+        if calls["n"] >= 120:  # after the checkpoint at step 200 (updates start at step 100)
+            metrics["losses/td_loss"] = torch.tensor(float("nan"))
+        return metrics
+
+    run.agent.update = poisoned_update
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        run.train()
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed" and "losses/td_loss" in summary["error"]
+    kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert kept["step"] < summary["steps_done"]
+    assert all(torch.isfinite(value).all() for value in kept["model"].values())
+
+
+def test_nan_parameter_is_caught_before_it_is_checkpointed(tmp_path):
+    run = build_run(tmp_path, "checkpoint.every_steps=200")
+    with torch.no_grad():
+        run.agent.q.head.bias.fill_(float("inf"))
+    run.agent.update = lambda: {}  # no loss to catch it first: the parameter check must
+    with pytest.raises(NonFiniteError, match="q.head.bias"):
+        run.train()
+    assert read_summary(tmp_path)["status"] == "failed"
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+class _Payload:
+    """Pickles to a call that would create a marker file if it were ever unpickled with full pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _malicious_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"format": "rlrun-checkpoint-v1", "model": {}, "evil": _Payload(marker)}, path)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    path, marker = _malicious_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_through_the_clis(tmp_path):
+    path, marker = _malicious_checkpoint(tmp_path)
+    proc = subprocess.run([str(BIN / "rlrun-eval"), str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "refused" in proc.stderr and "Traceback" not in proc.stderr
+    proc = rlrun(tmp_path / "new", *TINY, f"resume={path}", check=False, timeout=120)
+    assert proc.returncode != 0 and "refused" in proc.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("cut", [0, 10, 500])
+def test_truncated_checkpoint_is_reported_as_corrupt(tmp_path, cut):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, payload(1.0))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:cut])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+
+
+def test_not_an_rlrun_checkpoint(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not an rlrun checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_config_with_target_is_never_instantiated(tmp_path):
+    """A checkpoint's stored config is data: a `_target_` in it is not called."""
+    from rlrun.cli import config_from_checkpoint
+
+    marker = tmp_path / "PWNED"
+    cfg = compose(TINY)
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    raw["network"]["_target_"] = "pathlib.Path.touch"
+    raw["network"]["self"] = str(marker)
+    with pytest.raises(CheckpointError):  # an unknown key fails validation; nothing is instantiated
+        config_from_checkpoint({"config": OmegaConf.to_yaml(OmegaConf.create(raw))})
+    assert not marker.exists()
+    json.dumps(raw)  # the stored config is plain data
