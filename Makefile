@@ -30,7 +30,11 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check rlrun tests bench
 
-bench: install
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]" $(TORCH)
+	touch $@
+
+bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/run_bench.py $(ARGS)
 
 clean:

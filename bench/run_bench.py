@@ -1,0 +1,211 @@
+"""`make bench`: rlrun's training throughput beside Stable-Baselines3 at the same (rl-zoo) hyperparameters.
+
+Everything is measured in this one process, side by side, with one torch thread for both libraries:
+  1. the raw env stepping rate (random actions, one env): the physical limit of one core;
+  2. per algorithm, training throughput in env steps/s with evaluation off — for off-policy algorithms the
+     training phase only (after `learning_starts`) — for rlrun and, when the `.[bench]` extra is installed,
+     for SB3 at the same settings; each measured `--repeats` times alternately and reported as the median;
+  3. with `--solve`, time to solve with rlrun's own presets (median of `--seeds`), from `summary.json`.
+It writes a Markdown table to `bench/results.md` (or `--out`).
+
+    python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rlrun.config import compose  # noqa: E402
+from rlrun.run import Run  # noqa: E402
+
+# algorithm → (rl-zoo preset, env steps to time, warm-up steps before timing)
+ZOO = {
+    "dqn": ("zoo_dqn_lunarlander", 4_000, 1_000),
+    "ppo": ("zoo_ppo_lunarlander", 3 * 16_384, 16_384),
+    "a2c": ("zoo_a2c_lunarlander", 20_000, 2_000),
+    "trpo": ("zoo_trpo_lunarlander_continuous", 3 * 2_048, 2_048),
+    "td3": ("zoo_td3_lunarlander", 1_000, 10_000),
+    "sac": ("zoo_sac_lunarlander", 1_000, 10_000),
+}
+SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
+         "td3": ("lunarlander_continuous", 200)}
+
+
+def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(steps)]
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path) -> float:
+    cfg = compose([f"experiment={preset}", "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
+                   "log.progress=none", "device=cpu", "torch_threads=1"])
+    run = Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
+    while run.runner.global_step < warmup:
+        run.agent.train_iteration(run.runner)
+    start_step, start = run.runner.global_step, time.perf_counter()
+    while run.runner.global_step < start_step + steps:
+        run.agent.train_iteration(run.runner)
+    rate = (run.runner.global_step - start_step) / (time.perf_counter() - start)
+    run.close()
+    return rate
+
+
+def sb3_model(algo: str):
+    """SB3 at rl-zoo's LunarLander settings (BENCHMARKS.md), or None where SB3 has no such algorithm."""
+    from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    if algo == "dqn":
+        return DQN("MlpPolicy", "LunarLander-v3", learning_rate=6.3e-4, batch_size=128, buffer_size=50_000,
+                   learning_starts=0, gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
+                   exploration_fraction=0.12, exploration_final_eps=0.1,
+                   policy_kwargs=dict(net_arch=[256, 256]), seed=0, device="cpu")
+    if algo == "ppo":
+        return PPO("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=16, seed=0), n_steps=1024, batch_size=64,
+                   gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01, seed=0, device="cpu")
+    if algo == "a2c":
+        return A2C("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=8, seed=0), gamma=0.995, n_steps=5,
+                   learning_rate=lambda progress: 8.3e-4 * progress, ent_coef=1e-5, seed=0, device="cpu")
+    if algo in ("td3", "sac"):
+        env = gym.make("LunarLanderContinuous-v3")
+        kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=0, device="cpu")
+        if algo == "td3":
+            noise = NormalActionNoise(np.zeros(2), 0.1 * np.ones(2))
+            return TD3("MlpPolicy", env, gamma=0.98, buffer_size=200_000, learning_rate=1e-3,
+                       action_noise=noise, train_freq=1, gradient_steps=1, **kwargs)
+        return SAC("MlpPolicy", env, batch_size=256, learning_rate=lambda progress: 7.3e-4 * progress,
+                   buffer_size=1_000_000, ent_coef="auto", tau=0.01, gamma=0.99, train_freq=1, gradient_steps=1,
+                   **kwargs)
+    return None
+
+
+def sb3_throughput(algo: str, steps: int, warmup: int) -> float | None:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    model = sb3_model(algo)
+    if model is None:
+        return None
+
+    class Timer(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.marks: dict[str, tuple[int, float]] = {}
+
+        def _on_step(self) -> bool:
+            if "start" not in self.marks and self.num_timesteps >= warmup:
+                self.marks["start"] = (self.num_timesteps, time.perf_counter())
+            if "start" in self.marks and self.num_timesteps >= self.marks["start"][0] + steps:
+                self.marks["end"] = (self.num_timesteps, time.perf_counter())
+                return False
+            return True
+
+    timer = Timer()
+    model.learn(total_timesteps=warmup + steps + 100_000, callback=timer)
+    (s0, t0), (s1, t1) = timer.marks["start"], timer.marks["end"]
+    return (s1 - s0) / (t1 - t0)
+
+
+def solve_times(algo: str, seeds: list[int], out_dir: Path) -> list[dict]:
+    env, threshold = SOLVE[algo]
+    results = []
+    for seed in seeds:
+        run_dir = out_dir / f"solve_{algo}_s{seed}"
+        subprocess.run([str(Path(sys.executable).parent / "rlrun"), f"algo={algo}", f"env={env}", f"seed={seed}",
+                        f"stop_at_return={threshold}", f"hydra.run.dir={run_dir}", "log.progress=none",
+                        "log.tensorboard=false"], check=True, cwd=REPO)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        results.append({"seed": seed, "steps": summary["solved_at_step"],
+                        "wall_s": summary["solved_at_wall_time_s"], "best": summary["best_return_mean"]})
+        print(f"  {algo} seed {seed}: {results[-1]}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", default=",".join(ZOO))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-sb3", action="store_true")
+    parser.add_argument("--solve", action="store_true", help="also time-to-solve with rlrun's presets")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    algos = [a for a in args.algos.split(",") if a]
+    try:
+        import stable_baselines3  # noqa: F401
+
+        have_sb3 = not args.no_sb3
+    except ImportError:
+        have_sb3 = False
+        print("stable-baselines3 not installed (pip install -e '.[bench]'): rlrun figures only", flush=True)
+    tmp = REPO / "outputs" / "bench"
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    lines = [f"# rlrun benchmark — {dt.date.today().isoformat()}", "",
+             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, "
+             f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
+             f"alternating measurements in one process.", "",
+             "| raw env, random actions, one env | steps/s |", "|---|---|"]
+    for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3"):
+        rate = statistics.median(raw_env_rate(env_id) for _ in range(args.repeats))
+        lines.append(f"| {env_id} | {rate:,.0f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 |", "|---|---|---|---|"]
+    for algo in algos:
+        preset, steps, warmup = ZOO[algo]
+        ours, theirs = [], []
+        for _ in range(args.repeats):
+            ours.append(rlrun_throughput(preset, steps, warmup, tmp / f"{algo}"))
+            if have_sb3:
+                rate = sb3_throughput(algo, steps, warmup)
+                if rate is not None:
+                    theirs.append(rate)
+        ours_med = statistics.median(ours)
+        theirs_med = statistics.median(theirs) if theirs else None
+        ratio = f"{ours_med / theirs_med:.2f}×" if theirs_med else "—"
+        sb3_text = f"{theirs_med:,.0f}" if theirs_med else "—"
+        lines.append(f"| {algo} ({preset}) | {ours_med:,.0f} | {sb3_text} | {ratio} |")
+        print(lines[-1], f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})",
+              flush=True)
+    if args.solve:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        lines += ["", "| algo, env (rlrun preset) | solved at steps per seed | wall s per seed | median wall s |",
+                  "|---|---|---|---|"]
+        for algo in [a for a in algos if a in SOLVE]:
+            results = solve_times(algo, seeds, tmp)
+            walls = [r["wall_s"] for r in results if r["wall_s"] is not None]
+            median = f"{statistics.median(walls):.0f}" if len(walls) == len(results) else "not all solved"
+            lines.append(f"| {algo}, {SOLVE[algo][0]} | {[r['steps'] for r in results]} | "
+                         f"{[r['wall_s'] for r in results]} | {median} |")
+            print(lines[-1], flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
