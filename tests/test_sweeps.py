@@ -151,6 +151,7 @@ def _trials(db: Path, study: str):
     return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
 
 
+@pytest.mark.filterwarnings("ignore:Deprecated API features")  # optuna 2.10 on SQLAlchemy 1.4
 def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_path):
     sweep_dir = tmp_path / "search"
     common = ["hparams_search=ppo_cartpole", *TINY_PPO, "objective.seeds=2"]
