@@ -4,6 +4,13 @@ noise, and the collection step that feeds the replay buffer.
 Actions live in the unit box [-1, 1]^|A| everywhere inside the agents (networks, noise, replay buffer) and
 are mapped to the env's bounds only when handed to the env, as in Stable-Baselines3. Noise is therefore
 added in unit space: σ = 0.1 means 10 % of the half-range of each action dimension.
+
+Speed (issue 5): with [400, 300] nets the update is ~90 % matmul, so the wins are in doing fewer FLOPs and
+fewer tiny ops: the actor's backward skips the critics' weight gradients (`backward(inputs=actor params)`),
+Adam uses its fused kernel, target updates are one foreach lerp, metrics stay tensors (no `.item()`), the
+replay buffer samples on the training device, and `algo.bf16=true` runs the update matmuls in bfloat16.
+Measured and not used: one batched-matmul module for the twin critics (see `Critics`) and `torch.compile`
+of the critics (CPU inductor: 6.8-7.0 ms vs 6.2-6.6 ms eager per forward + backward, after 55 s compiling).
 """
 
 from __future__ import annotations
