@@ -42,8 +42,12 @@ def test_ppo_learns_pendulum_continuous(tmp_path):
     assert read_summary(run_dir)["best_return_mean"] > -700
 
 
-@pytest.mark.parametrize("algo,env", [("ppo", "cartpole"), ("trpo", "pendulum"), ("a2c", "cartpole"),
-                                      ("reinforce", "cartpole"), ("vpg", "pendulum")])
+@pytest.mark.parametrize("algo,env", [
+    ("ppo", "cartpole"), ("trpo", "pendulum"),
+    pytest.param("a2c", "cartpole", marks=pytest.mark.slow),
+    pytest.param("reinforce", "cartpole", marks=pytest.mark.slow),
+    pytest.param("vpg", "pendulum", marks=pytest.mark.slow),
+])
 def test_resume_is_exact(tmp_path, algo, env):
     """Two iterations straight == one iteration, checkpoint, resume, one more (weights and optimizer)."""
     common = [f"algo={algo}", f"env={env}", "algo.num_envs=2", "algo.num_steps=64", "eval.every_steps=0",
