@@ -68,15 +68,43 @@ class NetworkConfig:
 
 
 class TransferKind(str, Enum):
-    none = "none"
+    none = "none"  # train from scratch
+    finetune = "finetune"  # load all that fits, train everything (optionally at lr_scale × the LR)
+    freeze = "freeze"  # load, freeze the bottom freeze_layers Linear layers of each body
+    layerwise = "layerwise"  # load, one LR multiplier per layer (lr_scales or layer_decay)
+    feature_extract = "feature_extract"  # load, freeze every body layer, train the (new) heads
+
+
+class TransferCheckpoint(str, Enum):
+    best = "best"
+    last = "last"
 
 
 @dataclass
 class TransferConfig:
-    """Starting from another run's weights (see conf/transfer/)."""
+    """Starting from another run's weights (see conf/transfer/ and rlrun/transfer.py)."""
 
     kind: TransferKind = TransferKind.none
     source: str | None = None
+    """A run directory (its checkpoints/<checkpoint>.pt) or a checkpoint file."""
+    checkpoint: TransferCheckpoint = TransferCheckpoint.best
+    """Which checkpoint of a source run directory: best.pt (best evaluation) or last.pt."""
+    map: dict[str, str] | None = None
+    """Target network → source network, e.g. {actor: q, critic: q}; unset networks use the default mapping."""
+    reinit_head: bool = False
+    """Keep every head freshly initialised (a new action space, or a new task)."""
+    reinit_mismatched: bool = False
+    """Keep freshly initialised any tensor whose shape differs from the source's, instead of failing."""
+    lr_scale: float = 1.0
+    """LR multiplier for every parameter loaded from the source (new parameters keep the full LR)."""
+    freeze_layers: int = 0
+    """Bottom Linear layers of each loaded body that are frozen (kind=freeze; feature_extract freezes all)."""
+    lr_scales: list[float] | None = None
+    """kind=layerwise: LR multiplier per body layer, bottom first; one more value is the head's (else 1)."""
+    layer_decay: float | None = None
+    """kind=layerwise: body layer k of L gets layer_decay^(L-k) (head 1), unless lr_scales is given."""
+    unfreeze_at_step: int | None = None
+    """Make every frozen parameter trainable again (back into its optimizer) at this env step."""
 
 
 @dataclass

@@ -361,7 +361,7 @@ def linear_decay(start: float, global_step: int, total_steps: int) -> float:
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # per-group multiplier set by rlrun/transfer.py
 
 
 def check_batch(num_steps: int, num_envs: int, minibatch_size: int | None, algo: str) -> int:

@@ -18,7 +18,7 @@ import torch
 from rlrun.algos import ALGORITHMS, Agent, check_action_space
 from rlrun.algos.protocol import AgentContext
 from rlrun.checkpoint import CheckpointError, atomic_write_text, load_buffer, load_checkpoint, save_checkpoint
-from rlrun.config import Config, Device
+from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
@@ -183,10 +183,20 @@ class Run:
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET,
                                    video_dir=self.run_dir / "videos" if cfg.eval.video else None)
 
+        # transfer learning (rlrun/transfer.py): a fresh run loads the source; a resumed one has its weights
+        # and only rebuilds the same frozen set and optimizer param groups before loading its state
+        self.transfer = None
+        if cfg.transfer.kind != TransferKind.none:
+            from rlrun.transfer import Transfer
+            self.transfer = Transfer(cfg.transfer, self.agent)
         resume_payload = None
         if self.resume_from is not None:
             resume_payload = load_checkpoint(self.resume_from)
+            if self.transfer is not None:
+                self.transfer.resume(self.resume_from.parent.parent, self.run_dir, int(resume_payload["step"]))
             self._restore(resume_payload)
+        elif self.transfer is not None:
+            self.transfer.load(self.run_dir, print if cfg.log.progress.value != "none" else None)
         else:
             self.state.next_eval = cfg.eval.every_steps
             self.state.next_checkpoint = cfg.checkpoint.every_steps
@@ -225,6 +235,8 @@ class Run:
             while runner.global_step < cfg.total_steps:
                 metrics = agent.train_iteration(runner)
                 step = runner.global_step
+                if self.transfer is not None:
+                    self.transfer.on_step(step, self.progress.message)
                 check_finite(metrics, agent)
                 self._log_episodes()
                 self.logger.update(metrics)

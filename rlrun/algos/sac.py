@@ -175,7 +175,7 @@ class SACAgent:
             fraction_left = max(1.0 - step / self.ctx.total_steps, 0.0)
             for optimizer, lr in self.optimizers():
                 for group in optimizer.param_groups:
-                    group["lr"] = lr * fraction_left
+                    group["lr"] = lr * fraction_left * group.get("lr_scale", 1.0)  # rlrun/transfer.py
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray) -> np.ndarray:
