@@ -86,7 +86,7 @@ class CategoricalDist:
     """A batch of categorical distributions from logits (lighter than torch.distributions)."""
 
     def __init__(self, logits: torch.Tensor):
-        self.log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)
+        self.log_probs = torch.log_softmax(logits, dim=-1)
 
     def sample(self) -> torch.Tensor:
         return torch.multinomial(self.log_probs.exp(), 1).squeeze(-1)

@@ -69,13 +69,17 @@ class PPOConfig:
 
 
 def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
-                    clip_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)]; also the approx KL (k3 estimator) and clip fraction."""
+                    clip_coef: float, diagnostics: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Clipped surrogate −E[min(ρA, clip(ρ, 1−ε, 1+ε)A)]; with `diagnostics` also the approx KL
+    (k3 estimator, Schulman's "Approximating KL divergence") and the clip fraction, else None for both."""
     log_ratio = new_logprob - old_logprob
     ratio = log_ratio.exp()
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * advantages
     loss = -torch.minimum(unclipped, clipped).mean()
+    if not diagnostics:
+        return loss, None, None
     with torch.no_grad():
         approx_kl = ((ratio - 1.0) - log_ratio).mean()
         clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
@@ -137,13 +141,18 @@ class PPOAgent:
         metrics: dict[str, Any] = {}
         for _epoch in range(cfg.update_epochs):
             order = torch.randperm(self.batch_size, device=b_obs.device)
-            for start in range(0, self.batch_size, cfg.minibatch_size):
+            starts = range(0, self.batch_size, cfg.minibatch_size)
+            for start in starts:
                 mb = order[start:start + cfg.minibatch_size]
                 dist = self.actor.dist(b_obs[mb])
                 mb_advantages = normalize(b_advantages[mb]) if cfg.norm_adv and len(mb) > 1 \
                     else b_advantages[mb]
-                pg_loss, approx_kl, clip_fraction = ppo_policy_loss(dist.log_prob(b_actions[mb]),
-                                                                    b_logprobs[mb], mb_advantages, clip_coef)
+                # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
+                last = start == starts[-1]
+                pg_loss, kl, clipped = ppo_policy_loss(dist.log_prob(b_actions[mb]), b_logprobs[mb],
+                                                       mb_advantages, clip_coef, diagnostics=last)
+                if last:
+                    approx_kl, clip_fraction = kl, clipped
                 new_values = self.critic(b_obs[mb]).squeeze(-1)
                 v_loss = value_loss(new_values, b_values[mb], b_returns[mb],
                                     clip_coef if cfg.clip_vloss else None)
@@ -152,7 +161,7 @@ class PPOAgent:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
                 self.n_updates += 1
             if cfg.target_kl is not None and approx_kl > cfg.target_kl:
