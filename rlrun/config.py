@@ -105,6 +105,9 @@ class TransferConfig:
     """kind=layerwise: body layer k of L gets layer_decay^(L-k) (head 1), unless lr_scales is given."""
     unfreeze_at_step: int | None = None
     """Make every frozen parameter trainable again (back into its optimizer) at this env step."""
+    obs_norm: bool = True
+    """Also start from the source's observation-normalisation statistics (on-policy algos with
+    normalize_obs; from the checkpoint's agent state, or from last.pt beside a best.pt)."""
 
 
 @dataclass

@@ -195,11 +195,11 @@ class Run:
             if self.transfer is not None:
                 self.transfer.resume(self.resume_from.parent.parent, self.run_dir, int(resume_payload["step"]))
             self._restore(resume_payload)
-        elif self.transfer is not None:
-            self.transfer.load(self.run_dir, print if cfg.log.progress.value != "none" else None)
         else:
             self.state.next_eval = cfg.eval.every_steps
             self.state.next_checkpoint = cfg.checkpoint.every_steps
+            if self.transfer is not None:
+                self.transfer.load(self.run_dir, print if cfg.log.progress.value != "none" else None)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)

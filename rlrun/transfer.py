@@ -81,7 +81,23 @@ def load_source(cfg: TransferConfig) -> tuple[Path, dict[str, torch.Tensor], dic
     model = payload["model"]
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"transfer.source={cfg.source}: {path}'s \"model\" is not a dict of tensors")
-    return path, model, {"algo": payload.get("algo"), "env_id": payload.get("env_id"), "step": payload.get("step")}
+    return path, model, {"algo": payload.get("algo"), "env_id": payload.get("env_id"), "step": payload.get("step"),
+                         "agent_state": payload.get("agent_state")}
+
+
+def source_obs_norm(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The source's observation-normalisation statistics and the file they come from (best.pt holds weights
+    only, so then they come from last.pt beside it), or (None, None)."""
+    state = meta.get("agent_state")
+    if isinstance(state, dict) and "obs_norm" in state:
+        return state["obs_norm"], str(path)
+    last = path.with_name("last.pt")
+    if last != path and last.is_file():
+        payload = load_checkpoint(last)
+        state = payload.get("agent_state")
+        if isinstance(state, dict) and "obs_norm" in state:
+            return state["obs_norm"], str(last)
+    return None, None
 
 
 def network_of(name: str) -> str:
@@ -179,6 +195,7 @@ class TransferReport:
     frozen: list[str] = field(default_factory=list)
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     unfreeze_at_step: int | None = None
+    obs_norm_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -188,7 +205,8 @@ class TransferReport:
                  f"step {self.source_step}); networks: "
                  + ", ".join(f"{t}←{s}" for t, s in self.mapping.items()),
                  f"  loaded {len(self.loaded)}, missing {len(self.missing)}, shape mismatch "
-                 f"{len(self.shape_mismatch)}, re-initialised {len(self.reinitialised)}, frozen {len(self.frozen)}"]
+                 f"{len(self.shape_mismatch)}, re-initialised {len(self.reinitialised)}, frozen {len(self.frozen)}"
+                 + (f"; observation normalisation from {self.obs_norm_from}" if self.obs_norm_from else "")]
         for label, names in (("missing", self.missing), ("re-initialised", self.reinitialised),
                              ("frozen", self.frozen)):
             if names:
@@ -343,6 +361,13 @@ class Transfer:
         if not report.loaded:
             raise TransferError(f"nothing in {path} fits this network (mapping {self.network_map})")
         report.unused_source = sorted(set(source) - used)
+        obs_norm = getattr(getattr(self.agent, "parts", None), "obs_norm", None)
+        if self.cfg.obs_norm and obs_norm is not None and obs_norm.enabled:
+            stats, origin = source_obs_norm(path, meta)
+            if stats is not None and tuple(stats["mean"].shape) == tuple(obs_norm.rms.mean.shape):
+                obs_norm.load_state({key: value.numpy() if isinstance(value, torch.Tensor) else value
+                                     for key, value in stats.items()})
+                report.obs_norm_from = origin
         self.loaded_names = set(report.loaded)
         self.apply(0)
         report.frozen = self.frozen_names()

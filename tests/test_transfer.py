@@ -1,0 +1,267 @@
+"""Transfer learning (rlrun/transfer.py) and its metrics (rlrun/transfer_metrics.py), with tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import rlrun
+from omegaconf import OmegaConf
+
+from rlrun.checkpoint import CheckpointError, load_checkpoint
+from rlrun.config import compose
+from rlrun.run import Run, RunInterrupted
+from rlrun.transfer import TransferError, read_report, regroup_optimizer
+from rlrun.transfer_metrics import area_above, evaluate, main, markdown_table, time_to_threshold
+
+PPO = ["algo=ppo", "network.hidden=[16,16]", "network.activation=tanh", "algo.num_envs=2", "algo.num_steps=32",
+       "algo.minibatch_size=32", "algo.update_epochs=2", "eval.every_steps=0", "eval.episodes=1",
+       "log.tensorboard=false", "log.progress=none"]
+CARTPOLE = [*PPO, "env=cartpole"]
+
+
+def build_run(run_dir: Path, *overrides: str) -> Run:
+    cfg = compose(list(overrides))
+    return Run(OmegaConf.to_object(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def model(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_checkpoint(Path(run_dir) / "checkpoints" / f"{name}.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A PPO run on CartPole (its best.pt is what a run directory source means)."""
+    run_dir = tmp_path_factory.mktemp("source")
+    build_run(run_dir, *CARTPOLE, "total_steps=256", "seed=7").train()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lunar_source(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("lunar_source")
+    build_run(run_dir, *PPO, "env=lunarlander", "algo.normalize_obs=false", "algo.normalize_reward=false",
+              "total_steps=128", "eval.episodes=1").train()
+    return run_dir
+
+
+def test_freeze_keeps_frozen_layers_bit_equal_and_trains_the_rest(source, tmp_path):
+    run = build_run(tmp_path, *CARTPOLE, "total_steps=512", "transfer=freeze", f"transfer.source={source}",
+                    "transfer.freeze_layers=1")
+    frozen = [p for name, p in run.agent.actor.named_parameters() if name.startswith("body.0.")]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    in_optimizer = {id(p) for g in run.agent.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in frozen)
+    run.train()
+    src, out = model(source, "best"), model(tmp_path)
+    report = read_report(tmp_path)
+    expected_frozen = ["actor.body.0.weight", "actor.body.0.bias", "critic.body.0.weight", "critic.body.0.bias"]
+    assert report["frozen"] == expected_frozen
+    assert sorted(report["loaded"]) == sorted(src)  # same algorithm, same shapes: everything loads
+    assert report["missing"] == [] and report["shape_mismatch"] == []
+    for name in expected_frozen:
+        assert torch.equal(out[name], src[name]), name
+    for name in ("actor.body.2.weight", "actor.head.weight", "critic.body.2.weight", "critic.head.weight"):
+        assert not torch.equal(out[name], src[name]), f"{name} did not train"
+    # the report's names are the checkpoint's
+    assert set(report["loaded"]) <= set(out)
+
+
+def test_param_groups_carry_the_configured_learning_rates(source, tmp_path):
+    run = build_run(tmp_path / "a", *CARTPOLE, "total_steps=256", "algo.learning_rate=1e-3", "algo.anneal_lr=true",
+                    "transfer=layerwise", f"transfer.source={source}", "transfer.lr_scales=[0.1,0.5,2.0]")
+    groups = {tuple(g["params"]): g for g in run.transfer.param_groups()}
+    by_name = {name: (g["lr"], g["lr_scale"]) for names, g in groups.items() for name in names}
+    assert by_name["actor.body.0.weight"] == pytest.approx((1e-4, 0.1))
+    assert by_name["critic.body.2.bias"] == pytest.approx((5e-4, 0.5))
+    assert by_name["actor.head.weight"] == pytest.approx((2e-3, 2.0))
+    assert by_name["critic.head.bias"] == pytest.approx((2e-3, 2.0))  # the last value is every head's
+    run.train()  # annealing keeps each group's multiplier
+    lrs = {g["lr_scale"]: g["lr"] for g in run.agent.optimizer.param_groups}
+    base = lrs[1.0] if 1.0 in lrs else lrs[2.0] / 2.0
+    for scale, lr in lrs.items():
+        assert lr == pytest.approx(base * scale)
+    report = json.loads((tmp_path / "a" / "transfer_report.json").read_text())
+    assert {g["lr_scale"] for g in report["param_groups"]} == {0.1, 0.5, 2.0}
+
+    run = build_run(tmp_path / "b", *CARTPOLE, "total_steps=64", "algo.learning_rate=1e-3", "transfer=layerwise",
+                    f"transfer.source={source}", "transfer.layer_decay=0.5", "transfer.lr_scale=0.1")
+    by_name = {n: g["lr"] for g in run.transfer.param_groups() for n in g["params"]}
+    assert by_name["actor.body.0.weight"] == pytest.approx(1e-3 * 0.1 * 0.25)
+    assert by_name["actor.body.2.weight"] == pytest.approx(1e-3 * 0.1 * 0.5)
+    assert by_name["actor.head.weight"] == pytest.approx(1e-3 * 0.1)
+
+
+def test_regroup_optimizer_drops_frozen_and_splits_by_scale():
+    a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    opt = torch.optim.Adam([a, b, c], lr=0.01, eps=1e-5)
+    regroup_optimizer(opt, {a: None, b: 0.5})
+    assert [(g["lr"], g["lr_scale"], len(g["params"]), g["eps"]) for g in opt.param_groups] == \
+        [(0.005, 0.5, 1, 1e-5), (0.01, 1.0, 1, 1e-5)]
+    assert all(p is not a for g in opt.param_groups for p in g["params"])
+
+
+def test_new_action_space_needs_reinit_head(lunar_source, tmp_path):
+    common = [*PPO, "env=lunarlander_continuous", "algo.normalize_obs=false", "algo.normalize_reward=false",
+              "total_steps=64", "transfer=finetune", f"transfer.source={lunar_source}"]
+    with pytest.raises(TransferError, match="reinit_head=true"):
+        build_run(tmp_path / "a", *common)
+    run = build_run(tmp_path / "b", *common, "transfer.reinit_head=true")
+    report = run.transfer.report
+    src = model(lunar_source, "best")
+    assert sorted(report.reinitialised) == ["actor.head.bias", "actor.head.weight", "critic.head.bias",
+                                             "critic.head.weight"]
+    assert "actor.log_std" in report.missing  # the Gaussian actor's own parameter has no source
+    assert run.agent.actor.head.weight.shape == (2, 16)  # LunarLanderContinuous: 2 actions, not 4
+    assert torch.equal(run.agent.actor.body[0].weight, src["actor.body.0.weight"])
+    assert not torch.equal(run.agent.critic.head.weight, src["critic.head.weight"])  # fresh, not the source's
+    run.train()
+
+
+def test_dqn_body_feeds_both_ppo_networks(tmp_path):
+    dqn = tmp_path / "dqn"
+    build_run(dqn, "algo=dqn", "env=cartpole", "network.hidden=[16,16]", "network.activation=tanh",
+              "total_steps=200", "algo.learning_starts=100", "eval.every_steps=0", "eval.episodes=1",
+              "log.tensorboard=false", "log.progress=none").train()
+    run = build_run(tmp_path / "ppo", *CARTPOLE, "total_steps=64", "transfer=finetune", f"transfer.source={dqn}",
+                    "transfer.checkpoint=last", "transfer.reinit_mismatched=true")
+    report = run.transfer.report
+    assert report.mapping == {"actor": "q", "critic": "q"}
+    assert [m["name"] for m in report.shape_mismatch] == ["critic.head.weight", "critic.head.bias"]
+    src = model(dqn)
+    assert torch.equal(run.agent.critic.body[2].weight, src["q.body.2.weight"])
+    assert torch.equal(run.agent.actor.head.weight, src["q.head.weight"])
+    assert "q_target.body.0.weight" in report.unused_source
+
+
+def test_observation_normalisation_comes_with_the_weights(tmp_path):
+    """best.pt holds weights only: the statistics come from last.pt beside it."""
+    src = tmp_path / "src"
+    build_run(src, *CARTPOLE, "algo.normalize_obs=true", "total_steps=128").train()
+    run = build_run(tmp_path / "dst", *CARTPOLE, "algo.normalize_obs=true", "total_steps=64",
+                    "transfer=finetune", f"transfer.source={src}")
+    stats = load_checkpoint(src / "checkpoints" / "last.pt")["agent_state"]["obs_norm"]
+    assert np.array_equal(run.agent.parts.obs_norm.rms.mean, stats["mean"].numpy())
+    assert run.transfer.report.obs_norm_from.endswith("last.pt")
+    fresh = build_run(tmp_path / "off", *CARTPOLE, "algo.normalize_obs=true", "total_steps=64",
+                      "transfer=finetune", f"transfer.source={src}", "transfer.obs_norm=false")
+    assert not fresh.agent.parts.obs_norm.rms.mean.any() and fresh.transfer.report.obs_norm_from is None
+
+
+def test_shape_mismatch_fails_clearly_through_the_cli(source, tmp_path):
+    args = [*CARTPOLE, "total_steps=64", "network.hidden=[32,32]", "transfer=finetune", f"transfer.source={source}"]
+    proc = rlrun(tmp_path / "a", *args, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "shape mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    assert "actor.body.0.weight" in proc.stderr
+    proc = rlrun(tmp_path / "b", *args, "transfer.reinit_mismatched=true", timeout=120)
+    report = read_report(tmp_path / "b")
+    assert report["loaded"] == ["actor.head.bias", "critic.head.bias"]  # the only shapes that still fit
+    assert "actor.body.0.weight" in [m["name"] for m in report["shape_mismatch"]]
+
+
+def test_missing_or_malicious_source_is_refused(tmp_path):
+    proc = rlrun(tmp_path / "a", *CARTPOLE, "total_steps=64", "transfer=finetune",
+                 f"transfer.source={tmp_path / 'nowhere'}", check=False, timeout=120)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "PWNED",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "rlrun-checkpoint-v1", "model": {"actor.body.0.weight": Evil()}}, evil)
+    with pytest.raises(CheckpointError, match="refused"):
+        build_run(tmp_path / "b", *CARTPOLE, "total_steps=64", "transfer=finetune", f"transfer.source={evil}")
+    proc = rlrun(tmp_path / "c", *CARTPOLE, "total_steps=64", "transfer=finetune", f"transfer.source={evil}",
+                 check=False, timeout=120)
+    assert proc.returncode != 0 and "refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_freeze_with_unfreeze_survives_resume_bit_exactly(source, tmp_path):
+    """Interrupted at step 128, resumed; unfreezes at 192 in both: the same weights as a straight run."""
+    args = [*CARTPOLE, "total_steps=320", "checkpoint.every_steps=64", "transfer=freeze",
+            f"transfer.source={source}", "transfer.freeze_layers=2", "transfer.unfreeze_at_step=192"]
+    straight = build_run(tmp_path / "straight", *args)
+    straight.train()
+    assert all(p.requires_grad for p in straight.agent.actor.parameters())
+    src = model(source, "best")
+    assert not torch.equal(model(tmp_path / "straight")["actor.body.0.weight"], src["actor.body.0.weight"])
+
+    run = build_run(tmp_path / "cut", *args)
+    train_iteration = run.agent.train_iteration
+
+    def stop_at_128(runner):
+        metrics = train_iteration(runner)
+        if runner.global_step >= 128:
+            run._stop_signal = signal.SIGTERM
+        return metrics
+
+    run.agent.train_iteration = stop_at_128
+    with pytest.raises(RunInterrupted):
+        run.train()
+    at_cut = model(tmp_path / "cut")
+    assert torch.equal(at_cut["actor.body.2.weight"], src["actor.body.2.weight"])  # still frozen at 128
+    resumed = build_run(tmp_path / "cut", *args, "resume=auto")
+    assert not resumed.agent.actor.body[0].weight.requires_grad
+    resumed.train()
+    final, expected = model(tmp_path / "cut"), model(tmp_path / "straight")
+    for name in expected:
+        assert torch.equal(final[name], expected[name]), name
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+def _write_run(run_dir: Path, seed: int, steps: list[int], returns: list[float], threshold: float = 15.0) -> Path:
+    run_dir.mkdir(parents=True)
+    rows = "\n".join(f"{s},{s / 100},{r},0.0,100" for s, r in zip(steps, returns))
+    (run_dir / "evaluations.csv").write_text(f"step,wall_time_s,return_mean,return_std,length_mean\n{rows}\n")
+    (run_dir / "summary.json").write_text(json.dumps({"seed": seed, "reward_threshold": threshold}))
+    return run_dir
+
+
+def test_metrics_against_hand_computed_curves(tmp_path, capsys):
+    steps = [10, 20, 30]
+    _write_run(tmp_path / "scratch" / "s1", 1, steps, [0, 10, 20])
+    _write_run(tmp_path / "scratch" / "s2", 2, steps, [0, 0, 0])
+    _write_run(tmp_path / "good" / "s1", 1, steps, [10, 20, 20])
+    _write_run(tmp_path / "good" / "s2", 2, steps, [0, 20, 20])
+    _write_run(tmp_path / "bad" / "s1", 1, steps, [-10, 0, 10])
+    _write_run(tmp_path / "bad" / "s2", 2, steps, [0, 0, 10])
+    result = evaluate([tmp_path / "scratch"], {"good": [tmp_path / "good"], "bad": [tmp_path / "bad"]}, floor=-10.0)
+    good = result["groups"]["good"]["per_seed"]
+    # seed 1, above floor -10: scratch areas 10·(10+20)/2 + 10·(20+30)/2 = 400, transfer 10·(20+30)/2 + 10·30 = 550
+    assert good[0]["jumpstart"] == 10 and good[0]["area_scratch"] == 400 and good[0]["area_transfer"] == 550
+    assert good[0]["area_ratio"] == pytest.approx(0.375)
+    assert good[0]["time_to_threshold_scratch"] == 30 and good[0]["time_to_threshold_transfer"] == 20
+    assert good[0]["steps_saved"] == 10 and not good[0]["steps_saved_is_bound"]
+    # seed 2: scratch never reaches 15 (counted as its last step, a bound), transfer at 20;
+    # areas 10·10 + 10·10 = 200 and 10·(10+30)/2 + 10·30 = 500
+    assert good[1]["time_to_threshold_scratch"] is None and good[1]["steps_saved"] == 10
+    assert good[1]["steps_saved_is_bound"] and good[1]["area_ratio"] == pytest.approx((500 - 200) / 200)
+    mean = result["groups"]["good"]["mean"]
+    assert mean["jumpstart"] == (5.0, 5.0) and not mean["negative_transfer"] and mean["reached_threshold"] == 2
+    bad = result["groups"]["bad"]
+    assert bad["mean"]["negative_transfer"] and bad["mean"]["negative_transfer_seeds"] == 1
+    assert bad["per_seed"][0]["jumpstart"] == -10 and bad["per_seed"][0]["final_difference"] == -10
+    assert "**yes**" in markdown_table(result)
+
+    assert main(["--scratch", str(tmp_path / "scratch"), "--transfer", f"good={tmp_path / 'good'}",
+                 "--floor", "-10", "--json", str(tmp_path / "m.json")]) == 0
+    assert "| good |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["groups"]["good"]["mean"]["area_ratio"][0] == \
+        pytest.approx((0.375 + 1.5) / 2)
+    _write_run(tmp_path / "lonely" / "s9", 9, steps, [0, 0, 0])
+    assert main(["--scratch", str(tmp_path / "scratch"), "--transfer", str(tmp_path / "lonely")]) == 2
+    assert "same seed" in capsys.readouterr().err
+
+
+def test_metric_helpers():
+    assert time_to_threshold(np.array([1.0, 2.0, 3.0]), np.array([0.0, 5.0, 4.0]), 5.0) == 2.0
+    assert time_to_threshold(np.array([1.0]), np.array([0.0]), 5.0) is None
+    # interpolated onto a finer grid, a straight line keeps its area
+    assert area_above(np.array([0.0, 10.0]), np.array([0.0, 10.0]), 0.0, 0.0, 10.0, np.array([5.0])) == 50.0
