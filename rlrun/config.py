@@ -20,9 +20,8 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Vectorization(str, Enum):
-    sync = "sync"
-    async_ = "async"
+# Functional form: `async` is a keyword, and OmegaConf matches an override against member *names*.
+Vectorization = Enum("Vectorization", {"sync": "sync", "async": "async"}, type=str)
 
 
 class Activation(str, Enum):

@@ -89,7 +89,7 @@ def make_env(env_cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
 def make_vec_env(env_cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies, auto-reset in the same step (the final observation is in info["final_obs"])."""
     fns = [lambda: make_env(env_cfg) for _ in range(num_envs)]
-    if env_cfg.vectorization == Vectorization.async_:
+    if env_cfg.vectorization == Vectorization["async"]:
         return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn")
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 

@@ -94,3 +94,8 @@ def test_env_kwargs_pass_through():
     env = make_env(typed.env)
     assert env.unwrapped.gravity == -5.0
     env.close()
+
+
+def test_async_vectorization_composes():
+    typed = OmegaConf.to_object(compose(["env.vectorization=async"]))
+    assert typed.env.vectorization.value == "async"

@@ -92,7 +92,18 @@ def test_kill_9_then_resume_auto_is_bit_identical(tmp_path, algo):
     assert_same_run(reference, resumed)
 
 
-def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path):
+def test_kill_9_then_resume_with_async_envs_is_bit_identical(tmp_path):
+    """Envs in subprocesses (env.vectorization=async): each worker rebuilds its episode on resume."""
+    overrides = [*overrides_for("ppo"), "env.vectorization=async", "algo.num_envs=2"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    rlrun(reference, *overrides)
+    kill_after_first_checkpoint(resumed, overrides)
+    rlrun(resumed, *overrides)
+    assert_same_run(reference, resumed)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, signum):
     overrides = overrides_for("dqn")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     rlrun(reference, *overrides)
@@ -101,9 +112,9 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path):
     while not (resumed / "checkpoints" / "last.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert proc.returncode == 128 + signum, output
     assert "Traceback" not in output
     summary = read_summary(resumed)
     assert summary["status"] == "interrupted" and summary["steps_done"] < TOTAL_STEPS
