@@ -1,7 +1,6 @@
 """DQN and Double DQN must actually learn: CartPole solved (deterministic 10-episode eval mean ≥ 475)."""
 
 import pytest
-
 from conftest import read_evaluations, read_summary, rlrun
 
 
