@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 train: install
 	$(BIN)/rlrun $(ARGS)
 
+# Tests are mostly single-threaded subprocess runs: two workers use both cores.
+PYTEST_ARGS ?= -n 2
+
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
