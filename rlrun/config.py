@@ -88,8 +88,9 @@ class TransferConfig:
     """A run directory (its checkpoints/<checkpoint>.pt) or a checkpoint file."""
     checkpoint: TransferCheckpoint = TransferCheckpoint.best
     """Which checkpoint of a source run directory: best.pt (best evaluation) or last.pt."""
-    map: dict[str, str] | None = None
-    """Target network → source network, e.g. {actor: q, critic: q}; unset networks use the default mapping."""
+    map: Any = None
+    """Target network → source network, e.g. transfer.map={actor:q,critic:q}; networks left out use the default
+    mapping (a dict; typed Any because OmegaConf cannot merge a command-line dict into an Optional[Dict] None)."""
     reinit_head: bool = False
     """Keep every head freshly initialised (a new action space, or a new task)."""
     reinit_mismatched: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | No
             grid, mean, std = mean_and_spread(xy)
             n = len(runs)
             line, = ax.plot(grid, mean, linewidth=1.8, marker="o" if len(grid) < 25 else None, markersize=3,
-                            label=f"{label} ({n} seed{'s' if n != 1 else ''})")
+                            label=textwrap.fill(f"{label} ({n} seed{'s' if n != 1 else ''})", 70))
             if n > 1:
                 ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
             drawn[label if len(by_env) == 1 else f"{env_id}: {label}"] = n

@@ -241,6 +241,10 @@ class Transfer:
         cfg = self.cfg
         if cfg.kind == TransferKind.none:
             raise TransferError("transfer=none does not load anything")
+        if cfg.map is not None and not (isinstance(cfg.map, dict)
+                                        and all(isinstance(v, str) for v in cfg.map.values())):
+            raise TransferError(f"transfer.map must map target networks to source networks, e.g. "
+                                f"transfer.map={{actor:q,critic:q}}; got {cfg.map!r}")
         if cfg.lr_scale <= 0:
             raise TransferError(f"transfer.lr_scale must be positive, got {cfg.lr_scale}")
         if cfg.freeze_layers < 0:
@@ -261,7 +265,7 @@ class Transfer:
     # -- which parameters are fed, frozen, scaled -------------------------------------------------------
     def mapping(self, source_networks: set[str]) -> dict[str, str | None]:
         return network_mapping(list(self.modules), source_networks,
-                               dict(self.cfg.map) if self.cfg.map is not None else None)
+                               dict(self.cfg.map) if self.cfg.map else None)
 
     def _fed_networks(self) -> set[str]:
         return {t for t, s in (self.network_map or {}).items() if s is not None}

@@ -136,6 +136,11 @@ def test_dqn_body_feeds_both_ppo_networks(tmp_path):
     assert torch.equal(run.agent.critic.body[2].weight, src["q.body.2.weight"])
     assert torch.equal(run.agent.actor.head.weight, src["q.head.weight"])
     assert "q_target.body.0.weight" in report.unused_source
+    # an explicit map for the actor; the critic keeps the default
+    run = build_run(tmp_path / "ppo2", *CARTPOLE, "total_steps=64", "transfer=finetune", f"transfer.source={dqn}",
+                    "transfer.checkpoint=last", "transfer.reinit_mismatched=true", "transfer.map={actor:q_target}")
+    assert run.transfer.report.mapping == {"actor": "q_target", "critic": "q"}
+    assert torch.equal(run.agent.actor.body[0].weight, src["q_target.body.0.weight"])
 
 
 def test_observation_normalisation_comes_with_the_weights(tmp_path):
