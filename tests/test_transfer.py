@@ -270,3 +270,42 @@ def test_metric_helpers():
     assert time_to_threshold(np.array([1.0]), np.array([0.0]), 5.0) is None
     # interpolated onto a finer grid, a straight line keeps its area
     assert area_above(np.array([0.0, 10.0]), np.array([0.0, 10.0]), 0.0, 0.0, 10.0, np.array([5.0])) == 50.0
+
+
+@pytest.mark.parametrize("algo, env", [("dqn", "cartpole"), ("a2c", "cartpole"), ("vpg", "cartpole"),
+                                       ("sac", "pendulum"), ("td3", "pendulum"), ("ddpg", "pendulum")])
+def test_freeze_works_for_every_algorithm_with_an_optimizer(algo, env, tmp_path):
+    args = [f"algo={algo}", f"env={env}", "network.hidden=[16,16]", "total_steps=300", "eval.every_steps=0",
+            "eval.episodes=1", "log.tensorboard=false", "log.progress=none"]
+    if algo in ("dqn", "sac", "td3", "ddpg"):
+        args.append("algo.learning_starts=50")
+    build_run(tmp_path / "src", *args).train()
+    run = build_run(tmp_path / "dst", *args, "transfer=freeze", f"transfer.source={tmp_path / 'src'}",
+                    "transfer.checkpoint=last")
+    run.train()
+    frozen = run.transfer.report.frozen
+    assert frozen and all(".body.0." in name for name in frozen)
+    src, out = model(tmp_path / "src"), model(tmp_path / "dst")
+    for name in frozen:
+        assert torch.equal(out[name], src[name]), name
+    moved = [name for name in out if ".body.2." in name and name in src and not torch.equal(out[name], src[name])]
+    assert moved, "nothing above the frozen layer trained"
+
+
+def test_trpo_actor_cannot_be_frozen(source, tmp_path):
+    with pytest.raises(TransferError, match="not trained by a torch optimizer"):
+        build_run(tmp_path, *[a for a in CARTPOLE if not a.startswith("algo.update")], "algo=trpo",
+                  "total_steps=64", "transfer=freeze", f"transfer.source={source}")
+
+
+def test_feature_extract_freezes_every_body_layer_and_trains_new_heads(lunar_source, tmp_path):
+    run = build_run(tmp_path, *PPO, "env=lunarlander_continuous", "algo.normalize_obs=false",
+                    "algo.normalize_reward=false", "total_steps=128", "transfer=feature_extract",
+                    f"transfer.source={lunar_source}")
+    report = run.transfer.report
+    assert sorted(report.frozen) == sorted(n for n in report.loaded if ".body." in n) and len(report.frozen) == 8
+    heads_before = {n: p.detach().clone() for n, p in run.transfer.params.items() if ".head." in n}
+    run.train()
+    src, out = model(lunar_source, "best"), model(tmp_path)
+    assert all(torch.equal(out[n], src[n]) for n in report.frozen)
+    assert all(not torch.equal(out[n], heads_before[n]) for n in heads_before if n.endswith("weight"))
