@@ -34,14 +34,17 @@ sys.path.insert(0, str(REPO))
 from rlrun.config import compose  # noqa: E402
 from rlrun.run import Run  # noqa: E402
 
-# algorithm → (rl-zoo preset, env steps to time, warm-up steps before timing)
-ZOO = {
+# name → (rl-zoo preset, env steps to time, warm-up steps before timing[, extra overrides])
+ZOO: dict[str, tuple] = {
     "dqn": ("zoo_dqn_lunarlander", 4_000, 1_000),
     "ppo": ("zoo_ppo_lunarlander", 3 * 16_384, 16_384),
     "a2c": ("zoo_a2c_lunarlander", 20_000, 2_000),
     "trpo": ("zoo_trpo_lunarlander_continuous", 3 * 2_048, 2_048),
     "td3": ("zoo_td3_lunarlander", 1_000, 10_000),
     "sac": ("zoo_sac_lunarlander", 1_000, 10_000),
+    # The same settings with the opt-in bfloat16 update (algo.bf16=true): less precise, so not the default.
+    "td3_bf16": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
+    "sac_bf16": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
 }
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
@@ -60,8 +63,8 @@ def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path) -> float:
-    cfg = compose([f"experiment={preset}", "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
+def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str]) -> float:
+    cfg = compose([f"experiment={preset}", *extra, "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
                    "log.progress=none", "device=cpu", "torch_threads=1"])
     run = Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
     while run.runner.global_step < warmup:
@@ -177,19 +180,21 @@ def main() -> None:
         print(lines[-1], flush=True)
     lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 |", "|---|---|---|---|"]
     for algo in algos:
-        preset, steps, warmup = ZOO[algo]
+        preset, steps, warmup, *rest = ZOO[algo]
+        extra = rest[0] if rest else []
         ours, theirs = [], []
         for _ in range(args.repeats):
-            ours.append(rlrun_throughput(preset, steps, warmup, tmp / f"{algo}"))
+            ours.append(rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra))
             if have_sb3:
-                rate = sb3_throughput(algo, steps, warmup)
+                rate = sb3_throughput(algo.removesuffix("_bf16"), steps, warmup)
                 if rate is not None:
                     theirs.append(rate)
         ours_med = statistics.median(ours)
         theirs_med = statistics.median(theirs) if theirs else None
         ratio = f"{ours_med / theirs_med:.2f}×" if theirs_med else "—"
         sb3_text = f"{theirs_med:,.0f}" if theirs_med else "—"
-        lines.append(f"| {algo} ({preset}) | {ours_med:,.0f} | {sb3_text} | {ratio} |")
+        label = f"{algo} ({preset}{', ' + ' '.join(extra) if extra else ''})"
+        lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} |")
         print(lines[-1], f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})",
               flush=True)
     if args.solve:
