@@ -28,7 +28,7 @@ from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.config import NetworkConfig
 from rlrun.envs import EnvRunner
-from rlrun.networks import MLP, obs_dim, polyak_update
+from rlrun.networks import MLP, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
@@ -36,8 +36,6 @@ from rlrun.offpolicy import (
     check_common,
     collect,
     gradient_steps_per_phase,
-    load_optimizer,
-    make_adam,
     random_actions,
 )
 
@@ -256,10 +254,10 @@ class SACAgent:
                 "rng": json.dumps(self.rng.bit_generator.state)}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        load_optimizer(self.actor_optimizer, state["actor_optimizer"])
-        load_optimizer(self.critic_optimizer, state["critic_optimizer"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         if self.alpha_optimizer is not None:
-            load_optimizer(self.alpha_optimizer, state["alpha_optimizer"])
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         with torch.no_grad():
             self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
         self.n_updates = int(state["n_updates"])

@@ -23,7 +23,7 @@ import torch
 from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.envs import EnvRunner
-from rlrun.networks import obs_dim, polyak_update
+from rlrun.networks import make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
@@ -34,8 +34,6 @@ from rlrun.offpolicy import (
     check_common,
     collect,
     gradient_steps_per_phase,
-    load_optimizer,
-    make_adam,
     make_noise,
     random_actions,
 )
@@ -194,8 +192,8 @@ class TD3Agent:
                 "rng": json.dumps(self.rng.bit_generator.state)}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        load_optimizer(self.actor_optimizer, state["actor_optimizer"])
-        load_optimizer(self.critic_optimizer, state["critic_optimizer"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.n_updates = int(state["n_updates"])
         self.last_actor_loss = torch.as_tensor(state["last_actor_loss"])
         if self.noise is not None:
