@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import read_summary, rlrun
-from hydra import compose, initialize_config_dir
 
 from rlrun import CONF_DIR
 from rlrun.algos.sac import SquashedGaussianActor, sac_target, squashed_log_prob, temperature_loss
 from rlrun.algos.td3 import smoothed_target_actions, td3_target
-from rlrun.config import NetworkConfig, register_configs
+from rlrun.config import NetworkConfig, compose
 from rlrun.networks import polyak_update
 from rlrun.offpolicy import ActionScaler, Critics, OrnsteinUhlenbeckNoise
 
@@ -182,9 +181,8 @@ def test_action_scaler_maps_the_unit_box_to_the_bounds():
 
 
 def _compose(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    # The shared helper: it initialises Hydra once per process, so it mixes with other tests' compositions.
+    return compose(list(overrides))
 
 
 def test_zoo_td3_preset_is_rl_zoo_lunarlander_continuous():
