@@ -75,6 +75,22 @@ def polyak_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) 
         torch._foreach_lerp_(target_params, source_params, tau)
 
 
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of `params` so their global L2 norm is at most `max_norm`; returns the norm before.
+
+    The arithmetic of `torch.nn.utils.clip_grad_norm_` (coefficient max_norm / (norm + 1e-6), capped at 1) in
+    three foreach calls, without its per-call grouping by device and dtype, which costs more than the maths
+    itself on a small MLP (~70 → ~40 µs per PPO minibatch, measured). Parameters without a gradient (frozen)
+    are skipped.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total
+
+
 def make_adam(params, lr: float, **kwargs) -> torch.optim.Adam:
     """Adam with the fused kernel: on a CPU it steps a 70k-parameter MLP ~3× faster than the default loop."""
     return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from rlrun.algos.ppo import PPOAgent, PPOConfig, ppo_policy_loss, value_loss
 from rlrun.algos.protocol import AgentContext
 from rlrun.algos.trpo import TRPOAgent, TRPOConfig, conjugate_gradient, line_search, max_step_size
 from rlrun.config import NetworkConfig
+from rlrun.networks import clip_grad_norm
 from rlrun.onpolicy import (
     CategoricalDist,
     DiagGaussianDist,
@@ -20,6 +23,8 @@ from rlrun.onpolicy import (
     RunningMeanStd,
     compute_gae,
     episode_complete,
+    normalize,
+    normalize_per_minibatch,
     reward_to_go,
 )
 
@@ -123,6 +128,48 @@ def test_categorical_matches_torch():
     torch.testing.assert_close(ours.kl(CategoricalDist(other_logits)), torch.distributions.kl_divergence(
         ref, torch.distributions.Categorical(logits=other_logits)))
     assert ours.sample().shape == (6,)
+
+
+def test_categorical_samples_follow_the_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0]])
+    n = 40_000
+    dist = CategoricalDist(probs.clamp_min(1e-30).log().repeat(n, 1))
+    samples = dist.sample().view(n, 3)
+    assert samples.dtype == torch.int64
+    frequencies = torch.stack([torch.bincount(samples[:, row], minlength=4) for row in range(3)]).float() / n
+    # ± 4 standard errors of a frequency estimated from 40k draws (≤ 0.01); zero-probability actions never drawn.
+    torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0)
+    assert samples[:, 0].eq(1).sum() == 0 and samples[:, 2].eq(3).all()
+
+
+def test_normalize_per_minibatch_matches_slice_by_slice():
+    torch.manual_seed(0)
+    x = torch.randn(23) * 3 + 1
+    for size, expected_slices in [(4, [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16), slice(16, 20),
+                                       slice(20, 23)]), (11, [slice(0, 11), slice(11, 22), slice(22, 23)]),
+                                  (23, [slice(0, 23)])]:
+        expected = torch.cat([normalize(x[s]) if x[s].shape[0] > 1 else x[s] for s in expected_slices])
+        torch.testing.assert_close(normalize_per_minibatch(x, size), expected)
+
+
+def test_clip_grad_norm_matches_torch_and_skips_frozen():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    reference = copy.deepcopy(net)
+    net[0].bias.requires_grad_(False)
+    reference[0].bias.requires_grad_(False)
+    inputs = torch.randn(7, 3)
+    for model in (net, reference):
+        model(inputs).pow(2).sum().mul(50).backward()
+    expected_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    norm = clip_grad_norm(net.parameters(), 0.5)
+    torch.testing.assert_close(norm, expected_norm)
+    assert expected_norm > 0.5  # the clip was active
+    for ours, theirs in zip(net.parameters(), reference.parameters(), strict=True):
+        assert (ours.grad is None) == (theirs.grad is None)
+        if ours.grad is not None:
+            torch.testing.assert_close(ours.grad, theirs.grad)
 
 
 def test_conjugate_gradient_solves_spd_system():

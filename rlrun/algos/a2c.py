@@ -19,6 +19,7 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
+from rlrun.networks import clip_grad_norm
 from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, linear_decay, normalize, set_learning_rate
 
 
@@ -114,7 +115,7 @@ class A2CAgent:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            clip_grad_norm(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         self.n_updates += 1
         metrics["charts/learning_rate"] = lr

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.envs import EnvRunner
-from rlrun.networks import MLP, action_dim, make_adam, obs_dim, polyak_update
+from rlrun.networks import MLP, action_dim, clip_grad_norm, make_adam, obs_dim, polyak_update
 
 
 class TDLoss(str, Enum):
@@ -163,7 +163,7 @@ class DQNAgent:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+            clip_grad_norm(self.q.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.n_updates += 1
         return {"losses/td_loss": loss.detach(), "losses/q_values": q_taken.detach().mean()}

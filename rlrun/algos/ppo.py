@@ -19,7 +19,15 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, linear_decay, normalize, set_learning_rate
+from rlrun.networks import clip_grad_norm
+from rlrun.onpolicy import (
+    PolicyParts,
+    check_batch,
+    compute_gae,
+    linear_decay,
+    normalize_per_minibatch,
+    set_learning_rate,
+)
 
 
 @dataclass
@@ -145,14 +153,14 @@ class PPOAgent:
             order = torch.randperm(self.batch_size, device=b_obs.device)
             e_obs, e_actions, e_logprobs = b_obs[order], b_actions[order], b_logprobs[order]
             e_advantages, e_returns, e_values = b_advantages[order], b_returns[order], b_values[order]
+            if cfg.norm_adv:  # per minibatch, as SB3 and CleanRL do, computed for the whole epoch at once
+                e_advantages = normalize_per_minibatch(e_advantages, cfg.minibatch_size)
             starts = range(0, self.batch_size, cfg.minibatch_size)
             for start in starts:
                 mb = slice(start, start + cfg.minibatch_size)
                 mb_obs = e_obs[mb]
                 dist = self.actor.dist(mb_obs)
                 mb_advantages = e_advantages[mb]
-                if cfg.norm_adv and mb_advantages.shape[0] > 1:
-                    mb_advantages = normalize(mb_advantages)
                 # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
                 last = start == starts[-1]
                 pg_loss, kl, clipped = ppo_policy_loss(dist.log_prob(e_actions[mb]), e_logprobs[mb],
@@ -167,7 +175,7 @@ class PPOAgent:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+                    clip_grad_norm(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.n_updates += 1
             if cfg.target_kl is not None and approx_kl > cfg.target_kl:

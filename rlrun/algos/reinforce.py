@@ -24,6 +24,7 @@ import torch
 from rlrun.algos.protocol import AgentContext
 from rlrun.algos.vpg import policy_gradient_loss
 from rlrun.envs import EnvRunner
+from rlrun.networks import clip_grad_norm
 from rlrun.onpolicy import PolicyParts, check_batch, episode_complete, fit_critic, reward_to_go
 
 
@@ -101,7 +102,7 @@ class REINFORCEAgent:
         self.optimizer.zero_grad(set_to_none=True)
         (policy_loss - cfg.ent_coef * entropy).backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+            clip_grad_norm(self.actor.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         metrics = {"losses/policy_loss": policy_loss.detach(), "losses/entropy": entropy.detach(),
                    "charts/complete_fraction": mask.mean()}

@@ -19,6 +19,7 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
+from rlrun.networks import clip_grad_norm
 from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, fit_critic, normalize, reward_to_go
 
 
@@ -96,7 +97,7 @@ class VPGAgent:
         self.pi_optimizer.zero_grad(set_to_none=True)
         (policy_loss - cfg.ent_coef * entropy).backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+            clip_grad_norm(self.actor.parameters(), cfg.max_grad_norm)
         self.pi_optimizer.step()
         value_loss = fit_critic(self.critic, self.vf_optimizer, b_obs, returns, cfg.vf_iters,
                                 cfg.vf_minibatch_size)
