@@ -8,7 +8,7 @@ Everything is measured in this one process, side by side, with one torch thread 
   3. with `--solve`, time to solve with rlrun's own presets (median of `--seeds`), from `summary.json`.
 It writes a Markdown table to `bench/results.md` (or `--out`).
 
-    python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve] [--seeds 0,1,2]
+    python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve [--solve-algos ppo,dqn]] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ ZOO: dict[str, tuple] = {
     "td3": ("zoo_td3_lunarlander", 1_000, 10_000),
     "sac": ("zoo_sac_lunarlander", 1_000, 10_000),
     # The same settings with the opt-in bfloat16 update (algo.bf16=true): less precise, so not the default.
+    "dqn_bf16": ("zoo_dqn_lunarlander", 4_000, 1_000, ["algo.bf16=true"]),
     "td3_bf16": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     "sac_bf16": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
 }
@@ -63,7 +64,8 @@ def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str]) -> float:
+def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str]) -> tuple[float, str]:
+    """Env steps/s over `steps` after `warmup` steps, and the preset's env id."""
     cfg = compose([f"experiment={preset}", *extra, "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
                    "log.progress=none", "device=cpu", "torch_threads=1"])
     run = Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
@@ -74,7 +76,7 @@ def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: lis
         run.agent.train_iteration(run.runner)
     rate = (run.runner.global_step - start_step) / (time.perf_counter() - start)
     run.close()
-    return rate
+    return rate, cfg.env.id
 
 
 def sb3_model(algo: str):
@@ -155,6 +157,8 @@ def main() -> None:
     parser.add_argument("--no-sb3", action="store_true")
     parser.add_argument("--solve", action="store_true", help="also time-to-solve with rlrun's presets")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--solve-algos", default=None,
+                        help=f"algos to time-to-solve (default: those of --algos among {','.join(SOLVE)})")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -174,17 +178,20 @@ def main() -> None:
              f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
              f"alternating measurements in one process.", "",
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
+    raw: dict[str, float] = {}
     for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3"):
-        rate = statistics.median(raw_env_rate(env_id) for _ in range(args.repeats))
-        lines.append(f"| {env_id} | {rate:,.0f} |")
+        raw[env_id] = statistics.median(raw_env_rate(env_id) for _ in range(args.repeats))
+        lines.append(f"| {env_id} | {raw[env_id]:,.0f} |")
         print(lines[-1], flush=True)
-    lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 |", "|---|---|---|---|"]
+    lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 | rlrun / raw env |",
+              "|---|---|---|---|---|"]
     for algo in algos:
         preset, steps, warmup, *rest = ZOO[algo]
         extra = rest[0] if rest else []
         ours, theirs = [], []
         for _ in range(args.repeats):
-            ours.append(rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra))
+            rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra)
+            ours.append(rate)
             if have_sb3:
                 rate = sb3_throughput(algo.removesuffix("_bf16"), steps, warmup)
                 if rate is not None:
@@ -194,14 +201,15 @@ def main() -> None:
         ratio = f"{ours_med / theirs_med:.2f}×" if theirs_med else "—"
         sb3_text = f"{theirs_med:,.0f}" if theirs_med else "—"
         label = f"{algo} ({preset}{', ' + ' '.join(extra) if extra else ''})"
-        lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} |")
+        lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} | {ours_med / raw[env_id]:.1%} |")
         print(lines[-1], f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})",
               flush=True)
     if args.solve:
         seeds = [int(s) for s in args.seeds.split(",")]
         lines += ["", "| algo, env (rlrun preset) | solved at steps per seed | wall s per seed | median wall s |",
                   "|---|---|---|---|"]
-        for algo in [a for a in algos if a in SOLVE]:
+        solve_algos = args.solve_algos.split(",") if args.solve_algos else [a for a in algos if a in SOLVE]
+        for algo in [a for a in solve_algos if a in SOLVE]:
             results = solve_times(algo, seeds, tmp)
             walls = [r["wall_s"] for r in results if r["wall_s"] is not None]
             median = f"{statistics.median(walls):.0f}" if len(walls) == len(results) else "not all solved"

@@ -91,6 +91,16 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     return total
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """Matmuls in bfloat16 (fp32 weights, optimizer and losses; networks return fp32).
+
+    On this project's CPUs (AVX512-BF16) a [256, 400] × [400, 300] matmul runs at ~160-184 GFLOP/s in
+    bf16 against ~80 in fp32 (measured), and the update of the replay-based algorithms
+    (DQN, DDPG, TD3, SAC) is almost all matmul.
+    """
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def make_adam(params, lr: float, **kwargs) -> torch.optim.Adam:
     """Adam with the fused kernel: on a CPU it steps a 70k-parameter MLP ~3× faster than the default loop."""
     return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)

@@ -78,15 +78,6 @@ class Critics(nn.Module):
         return torch.stack([q(x).squeeze(-1) for q in critics]).float()
 
 
-def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Matmuls in bfloat16 (fp32 weights, optimizer and losses; networks return fp32).
-
-    On this project's CPUs (AVX512-BF16) a [256, 400] × [400, 300] matmul runs at ~160-184 GFLOP/s in
-    bf16 against ~80 in fp32 (measured), and the update of these algorithms is almost all matmul.
-    """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 class GaussianNoise:
     """Uncorrelated N(0, σ²) per step and dimension."""
 

@@ -451,6 +451,39 @@ class PolicyParts:
         self.reward_scaler.load_state(state["reward_scaler"])
 
 
+class OnPolicyCheckpoint:
+    """The checkpoint half of the Agent protocol, shared by the on-policy agents (a mixin).
+
+    Saves the networks of `self.parts`, each optimizer's state under the name `optimizers()` gives it, the
+    update counter and the normalisers' statistics. On-policy agents keep no replay buffer.
+    """
+
+    parts: PolicyParts
+    n_updates: int
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        return self.parts.modules()
+
+    def training_state(self) -> dict[str, Any]:
+        optimizers = {name: optimizer.state_dict() for name, optimizer in self.optimizers().items()}
+        return {**optimizers, "n_updates": self.n_updates, **self.parts.normaliser_state()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        for name, optimizer in self.optimizers().items():
+            optimizer.load_state_dict(state[name])
+        self.n_updates = int(state["n_updates"])
+        self.parts.load_normaliser_state(state)
+
+    def buffer_arrays(self) -> None:
+        return None
+
+    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
 def fit_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, obs: torch.Tensor, returns: torch.Tensor,
                epochs: int, minibatch_size: int | None = None) -> torch.Tensor:
     """Regress V(s) on `returns` by MSE: `epochs` passes, full-batch steps or shuffled minibatches."""

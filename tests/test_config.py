@@ -71,6 +71,7 @@ def test_zoo_dqn_lunarlander_is_exactly_rl_zoo():
     assert (algo.exploration_fraction, algo.exploration_initial_eps, algo.exploration_final_eps) == \
         (0.12, 1.0, 0.1)
     assert algo.double is False and algo.loss.value == "huber" and algo.max_grad_norm == 10.0
+    assert algo.bf16 is False
     assert typed.network.hidden == [256, 256] and typed.network.activation.value == "relu"
 
 

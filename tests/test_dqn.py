@@ -56,7 +56,8 @@ def test_polyak_update_soft_and_hard():
         assert torch.equal(p, q)
 
 
-def test_dqn_update_moves_q_towards_target():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_dqn_update_moves_q_towards_target(bf16):
     import gymnasium as gym
 
     from rlrun.algos.dqn import DQNAgent, DQNConfig
@@ -67,11 +68,12 @@ def test_dqn_update_moves_q_towards_target():
     obs_space = gym.spaces.Box(-1, 1, (2,), np.float32)
     ctx = AgentContext(obs_space, gym.spaces.Discrete(2), NetworkConfig(hidden=[16]), torch.device("cpu"),
                        0, 1000, 1)
-    agent = DQNAgent(DQNConfig(batch_size=8, learning_rate=1e-2), ctx)
+    agent = DQNAgent(DQNConfig(batch_size=8, learning_rate=1e-2, bf16=bf16), ctx)
     obs = np.array([[0.5, -0.5]], dtype=np.float32)
     for _ in range(8):  # one terminal transition: the target is the reward, 1.0
         agent.buffer.add(obs, np.array([1]), np.array([1.0]), obs, np.array([1.0]))
     losses = [float(agent.update()["losses/td_loss"]) for _ in range(200)]
     assert losses[-1] < 0.01 * losses[0]
+    assert agent.q.head.weight.dtype == torch.float32  # bf16 only inside the update's matmuls
     q = agent.q(torch.as_tensor(obs))[0, 1].item()
     assert q == pytest.approx(1.0, abs=0.05)

@@ -19,8 +19,16 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm
-from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, linear_decay, normalize, set_learning_rate
+from rlrun.networks import clip_grad_norm, make_adam
+from rlrun.onpolicy import (
+    OnPolicyCheckpoint,
+    PolicyParts,
+    check_batch,
+    compute_gae,
+    linear_decay,
+    normalize,
+    set_learning_rate,
+)
 
 
 class Optimizer(str, Enum):
@@ -77,7 +85,7 @@ def a2c_loss(logprob: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor,
                   "losses/entropy": entropy_mean.detach()}
 
 
-class A2CAgent:
+class A2CAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: A2CConfig, ctx: AgentContext):
         check_batch(cfg.num_steps, ctx.num_envs, None, "a2c")
         self.cfg, self.ctx = cfg, ctx
@@ -89,7 +97,7 @@ class A2CAgent:
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
                 self.params, lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.optimizer_eps)
         else:
-            self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.optimizer_eps)
+            self.optimizer = make_adam(self.params, cfg.learning_rate, eps=cfg.optimizer_eps)
         self.n_updates = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -121,21 +129,6 @@ class A2CAgent:
         metrics["charts/learning_rate"] = lr
         return metrics
 
-    # -- checkpointing -------------------------------------------------------------------------------
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return self.parts.modules()
-
-    def training_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates,
-                **self.parts.normaliser_state()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.n_updates = int(state["n_updates"])
-        self.parts.load_normaliser_state(state)
-
-    def buffer_arrays(self) -> None:
-        return None
-
-    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
+    # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}

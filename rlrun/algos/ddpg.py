@@ -23,14 +23,13 @@ import torch
 from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.envs import EnvRunner
-from rlrun.networks import make_adam, obs_dim, polyak_update
+from rlrun.networks import bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
     DeterministicActor,
     NoiseType,
     add_noise,
-    bf16_autocast,
     check_common,
     collect,
     gradient_steps_per_phase,

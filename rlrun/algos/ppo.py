@@ -19,8 +19,9 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm
+from rlrun.networks import clip_grad_norm, make_adam
 from rlrun.onpolicy import (
+    OnPolicyCheckpoint,
     PolicyParts,
     check_batch,
     compute_gae,
@@ -107,7 +108,7 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return torch.maximum(unclipped, (clipped_values - returns).pow(2)).mean()
 
 
-class PPOAgent:
+class PPOAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: PPOConfig, ctx: AgentContext):
         self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.minibatch_size, "ppo")
         if cfg.update_epochs <= 0:
@@ -119,8 +120,7 @@ class PPOAgent:
                                  cfg.normalize_reward, cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
-        # fused: one kernel for all parameters, noticeably faster than the per-tensor loop on CPU.
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+        self.optimizer = make_adam(self.params, cfg.learning_rate, eps=cfg.adam_eps)
         self.n_updates = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -190,21 +190,6 @@ class PPOAgent:
         })
         return metrics
 
-    # -- checkpointing -------------------------------------------------------------------------------
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return self.parts.modules()
-
-    def training_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates,
-                **self.parts.normaliser_state()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.n_updates = int(state["n_updates"])
-        self.parts.load_normaliser_state(state)
-
-    def buffer_arrays(self) -> None:
-        return None
-
-    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
+    # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}

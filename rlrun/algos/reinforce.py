@@ -24,8 +24,15 @@ import torch
 from rlrun.algos.protocol import AgentContext
 from rlrun.algos.vpg import policy_gradient_loss
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm
-from rlrun.onpolicy import PolicyParts, check_batch, episode_complete, fit_critic, reward_to_go
+from rlrun.networks import clip_grad_norm, make_adam
+from rlrun.onpolicy import (
+    OnPolicyCheckpoint,
+    PolicyParts,
+    check_batch,
+    episode_complete,
+    fit_critic,
+    reward_to_go,
+)
 
 
 @dataclass
@@ -66,15 +73,15 @@ def masked_normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> 
     return (x - mean) / (std + eps)
 
 
-class REINFORCEAgent:
+class REINFORCEAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: REINFORCEConfig, ctx: AgentContext):
         check_batch(cfg.num_steps, ctx.num_envs, None, "reinforce")
         self.cfg, self.ctx = cfg, ctx
         self.parts = PolicyParts(ctx, cfg.num_steps, cfg.gamma, cfg.baseline, cfg.normalize_obs, False,
                                  cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
-        self.optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate)
-        self.vf_optimizer = (torch.optim.Adam(self.critic.parameters(), lr=cfg.vf_learning_rate)
+        self.optimizer = make_adam(self.actor.parameters(), cfg.learning_rate)
+        self.vf_optimizer = (make_adam(self.critic.parameters(), cfg.vf_learning_rate)
                              if self.critic is not None else None)
         self.n_updates = 0
 
@@ -112,26 +119,9 @@ class REINFORCEAgent:
         self.n_updates += 1
         return metrics
 
-    # -- checkpointing -------------------------------------------------------------------------------
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return self.parts.modules()
-
-    def training_state(self) -> dict[str, Any]:
-        state = {"optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates,
-                 **self.parts.normaliser_state()}
+    # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"optimizer": self.optimizer}
         if self.vf_optimizer is not None:
-            state["vf_optimizer"] = self.vf_optimizer.state_dict()
-        return state
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.vf_optimizer is not None:
-            self.vf_optimizer.load_state_dict(state["vf_optimizer"])
-        self.n_updates = int(state["n_updates"])
-        self.parts.load_normaliser_state(state)
-
-    def buffer_arrays(self) -> None:
-        return None
-
-    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
+            optimizers["vf_optimizer"] = self.vf_optimizer
+        return optimizers

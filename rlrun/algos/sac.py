@@ -28,11 +28,10 @@ from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import ReplayBuffer
 from rlrun.config import NetworkConfig
 from rlrun.envs import EnvRunner
-from rlrun.networks import MLP, make_adam, obs_dim, polyak_update
+from rlrun.networks import MLP, bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
-    bf16_autocast,
     check_common,
     collect,
     gradient_steps_per_phase,

@@ -24,7 +24,8 @@ from torch.nn.utils import parameters_to_vector
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, fit_critic, normalize
+from rlrun.networks import make_adam
+from rlrun.onpolicy import OnPolicyCheckpoint, PolicyParts, check_batch, compute_gae, fit_critic, normalize
 
 
 @dataclass
@@ -115,7 +116,7 @@ def assign_flat(params: list[torch.nn.Parameter], vector: torch.Tensor) -> None:
         offset += param.numel()
 
 
-class TRPOAgent:
+class TRPOAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: TRPOConfig, ctx: AgentContext):
         self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.minibatch_size, "trpo")
         if cfg.target_kl <= 0 or cfg.cg_max_steps <= 0 or cfg.line_search_max_iter <= 0:
@@ -128,7 +129,7 @@ class TRPOAgent:
                                  cfg.normalize_reward, cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
         self.actor_params = list(self.actor.parameters())
-        self.vf_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.vf_optimizer = make_adam(self.critic.parameters(), cfg.learning_rate, eps=1e-5)
         self.n_updates = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -191,21 +192,6 @@ class TRPOAgent:
                 "charts/line_search_fraction": fraction or 0.0,
                 "charts/line_search_success": float(fraction is not None)}
 
-    # -- checkpointing -------------------------------------------------------------------------------
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return self.parts.modules()
-
-    def training_state(self) -> dict[str, Any]:
-        return {"vf_optimizer": self.vf_optimizer.state_dict(), "n_updates": self.n_updates,
-                **self.parts.normaliser_state()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        self.vf_optimizer.load_state_dict(state["vf_optimizer"])
-        self.n_updates = int(state["n_updates"])
-        self.parts.load_normaliser_state(state)
-
-    def buffer_arrays(self) -> None:
-        return None
-
-    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
+    # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"vf_optimizer": self.vf_optimizer}  # the actor moves by natural gradient, not an optimizer

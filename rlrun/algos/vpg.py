@@ -19,8 +19,16 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm
-from rlrun.onpolicy import PolicyParts, check_batch, compute_gae, fit_critic, normalize, reward_to_go
+from rlrun.networks import clip_grad_norm, make_adam
+from rlrun.onpolicy import (
+    OnPolicyCheckpoint,
+    PolicyParts,
+    check_batch,
+    compute_gae,
+    fit_critic,
+    normalize,
+    reward_to_go,
+)
 
 
 @dataclass
@@ -65,7 +73,7 @@ def policy_gradient_loss(logprob: torch.Tensor, weights: torch.Tensor,
     return -(logprob * weights * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-class VPGAgent:
+class VPGAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: VPGConfig, ctx: AgentContext):
         self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.vf_minibatch_size, "vpg")
         if cfg.vf_iters <= 0:
@@ -74,8 +82,8 @@ class VPGAgent:
         self.parts = PolicyParts(ctx, cfg.num_steps, cfg.gamma, True, cfg.normalize_obs,
                                  cfg.normalize_reward, cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
-        self.pi_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate)
-        self.vf_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.vf_learning_rate)
+        self.pi_optimizer = make_adam(self.actor.parameters(), cfg.learning_rate)
+        self.vf_optimizer = make_adam(self.critic.parameters(), cfg.vf_learning_rate)
         self.n_updates = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -105,22 +113,6 @@ class VPGAgent:
         return {"losses/policy_loss": policy_loss.detach(), "losses/value_loss": value_loss,
                 "losses/entropy": entropy.detach()}
 
-    # -- checkpointing -------------------------------------------------------------------------------
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return self.parts.modules()
-
-    def training_state(self) -> dict[str, Any]:
-        return {"pi_optimizer": self.pi_optimizer.state_dict(), "vf_optimizer": self.vf_optimizer.state_dict(),
-                "n_updates": self.n_updates, **self.parts.normaliser_state()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        self.pi_optimizer.load_state_dict(state["pi_optimizer"])
-        self.vf_optimizer.load_state_dict(state["vf_optimizer"])
-        self.n_updates = int(state["n_updates"])
-        self.parts.load_normaliser_state(state)
-
-    def buffer_arrays(self) -> None:
-        return None
-
-    def load_buffer_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
+    # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"pi_optimizer": self.pi_optimizer, "vf_optimizer": self.vf_optimizer}
