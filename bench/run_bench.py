@@ -209,7 +209,9 @@ def main() -> None:
         lines += ["", "| algo, env (rlrun preset) | solved at steps per seed | wall s per seed | median wall s |",
                   "|---|---|---|---|"]
         solve_algos = args.solve_algos.split(",") if args.solve_algos else [a for a in algos if a in SOLVE]
-        for algo in [a for a in solve_algos if a in SOLVE]:
+        if unknown := [a for a in solve_algos if a not in SOLVE]:
+            parser.error(f"--solve-algos: no solve target for {unknown}; choose from {','.join(SOLVE)}")
+        for algo in solve_algos:
             results = solve_times(algo, seeds, tmp)
             walls = [r["wall_s"] for r in results if r["wall_s"] is not None]
             median = f"{statistics.median(walls):.0f}" if len(walls) == len(results) else "not all solved"

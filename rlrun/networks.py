@@ -53,7 +53,13 @@ class MLP(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        features = self.body(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # Under bf16 autocast (algo.bf16) the output layer stays fp32: its matmul is tiny, and bf16 outputs
+            # would round Q-values to ~3 significant digits (argmax ties, quantised TD errors).
+            with torch.autocast(x.device.type, enabled=False):
+                return self.head(features.float())
+        return self.head(features)
 
 
 def orthogonal_init(module: nn.Module, gain: float = float(np.sqrt(2))) -> None:
@@ -92,7 +98,7 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Matmuls in bfloat16 (fp32 weights, optimizer and losses; networks return fp32).
+    """Hidden-layer matmuls in bfloat16 (fp32 weights, optimizer, output layers and losses; see MLP.forward).
 
     On this project's CPUs (AVX512-BF16) a [256, 400] × [400, 300] matmul runs at ~160-184 GFLOP/s in
     bf16 against ~80 in fp32 (measured), and the update of the replay-based algorithms

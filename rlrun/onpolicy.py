@@ -82,6 +82,8 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 def normalize_per_minibatch(x: torch.Tensor, size: int, eps: float = 1e-8) -> torch.Tensor:
     """`normalize` applied to each consecutive slice of `size` elements (the last may be shorter; one of a
     single element is left as it is) — in a few batched ops instead of five per minibatch."""
+    if size == 1:
+        return x
     full = x.shape[0] // size * size
     rows = x[:full].view(-1, size)
     parts = [(rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + eps)]

@@ -77,3 +77,18 @@ def test_dqn_update_moves_q_towards_target(bf16):
     assert agent.q.head.weight.dtype == torch.float32  # bf16 only inside the update's matmuls
     q = agent.q(torch.as_tensor(obs))[0, 1].item()
     assert q == pytest.approx(1.0, abs=0.05)
+
+
+def test_mlp_output_layer_stays_fp32_under_bf16_autocast():
+    from rlrun.config import NetworkConfig
+    from rlrun.networks import MLP, bf16_autocast
+
+    torch.manual_seed(0)
+    net = MLP(3, 2, NetworkConfig(hidden=[8]))
+    x = torch.randn(5, 3)
+    with bf16_autocast(torch.device("cpu"), True):
+        out = net(x)
+        features = net.body(x)
+    assert features.dtype == torch.bfloat16 and out.dtype == torch.float32
+    torch.testing.assert_close(out, net.head(features.float()))
+    torch.testing.assert_close(out, net(x), atol=0.05, rtol=0.05)  # bf16 hidden layers: close to fp32

@@ -148,7 +148,7 @@ def test_normalize_per_minibatch_matches_slice_by_slice():
     x = torch.randn(23) * 3 + 1
     for size, expected_slices in [(4, [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16), slice(16, 20),
                                        slice(20, 23)]), (11, [slice(0, 11), slice(11, 22), slice(22, 23)]),
-                                  (23, [slice(0, 23)])]:
+                                  (23, [slice(0, 23)]), (1, [slice(i, i + 1) for i in range(23)])]:
         expected = torch.cat([normalize(x[s]) if x[s].shape[0] > 1 else x[s] for s in expected_slices])
         torch.testing.assert_close(normalize_per_minibatch(x, size), expected)
 
