@@ -80,7 +80,8 @@ def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: lis
 
 
 def sb3_model(algo: str):
-    """SB3 at rl-zoo's LunarLander settings (BENCHMARKS.md), or None where SB3 has no such algorithm."""
+    """SB3 (sb3-contrib for TRPO) at rl-zoo's LunarLander settings (BENCHMARKS.md), or None where neither has
+    the algorithm or sb3-contrib is not installed."""
     from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.noise import NormalActionNoise
@@ -96,6 +97,16 @@ def sb3_model(algo: str):
     if algo == "a2c":
         return A2C("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=8, seed=0), gamma=0.995, n_steps=5,
                    learning_rate=lambda progress: 8.3e-4 * progress, ent_coef=1e-5, seed=0, device="cpu")
+    if algo == "trpo":
+        try:
+            from sb3_contrib import TRPO
+        except ImportError:
+            return None
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        # rl-zoo's `normalize: true` is VecNormalize with its defaults (observations and rewards).
+        env = VecNormalize(make_vec_env("LunarLanderContinuous-v3", n_envs=2, seed=0))
+        return TRPO("MlpPolicy", env, n_steps=1024, n_critic_updates=20, seed=0, device="cpu")
     if algo in ("td3", "sac"):
         env = gym.make("LunarLanderContinuous-v3")
         kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=0, device="cpu")
