@@ -78,6 +78,12 @@ class Critics(nn.Module):
         return torch.stack([q(x).squeeze(-1) for q in critics]).float()
 
 
+def actor_backward(loss: torch.Tensor, actor: nn.Module) -> None:
+    """Backpropagate the actor loss into the actor's trainable parameters only: the critics' weight gradients
+    would be thrown away, and a layer frozen by transfer learning (requires_grad False) takes none."""
+    loss.backward(inputs=[p for p in actor.parameters() if p.requires_grad])
+
+
 class GaussianNoise:
     """Uncorrelated N(0, σ²) per step and dimension."""
 

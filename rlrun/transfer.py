@@ -12,8 +12,8 @@ inside it the names after the network prefix must match (a DQN's `q.body.0.weigh
 `actor.body.0.weight` and `critic.body.0.weight`).
 
 Frozen means `requires_grad=False` *and* out of every optimizer's param groups, so neither gradients nor
-weight decay nor Adam's moments touch it; lists of parameters an agent keeps for itself (`params`,
-`actor_params`) are trimmed in place to the trainable ones. Agents build their own optimizers; `regroup_optimizer` rebuilds
+weight decay nor Adam's moments touch it (agents skip parameters without a gradient when they clip, and the
+off-policy actor's backward asks only for trainable ones). Agents build their own optimizers; `regroup_optimizer` rebuilds
 each one's param groups in place, one group per LR multiplier, with `group["lr_scale"]` that the agents' LR
 annealing respects (`group["lr"] = lr * group.get("lr_scale", 1.0)`). The structure is a pure function of
 the config, the agent and the step, so a resumed run rebuilds it identically before loading the optimizer
@@ -235,10 +235,6 @@ class Transfer:
         self.original_groups = {name: [dict(group, params=list(group["params"])) for group in opt.param_groups]
                                 for name, opt in self.optimizers.items()}
         self.optimized = {id(p) for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]}
-        # lists of parameters the agent keeps (PPO's `params` for gradient clipping, the off-policy agents'
-        # `actor_params` for `backward(inputs=…)`, which refuses frozen tensors): kept to the trainable ones
-        self.param_lists = {name: list(value) for name, value in vars(agent).items() if isinstance(value, list)
-                            and value and all(isinstance(p, torch.nn.Parameter) for p in value)}
         self.unfrozen = False
         self._check_options()
 
@@ -407,8 +403,6 @@ class Transfer:
         for name, scale in scales.items():
             self.params[name].requires_grad_(scale is not None)
         by_param = {self.params[name]: scale for name, scale in scales.items()}
-        for attr, original in self.param_lists.items():
-            getattr(self.agent, attr)[:] = [p for p in original if p.requires_grad]
         for opt_name, optimizer in self.optimizers.items():
             regroup_optimizer(optimizer, by_param, self.original_groups[opt_name])
 

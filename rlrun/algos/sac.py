@@ -32,6 +32,7 @@ from rlrun.networks import MLP, bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
+    actor_backward,
     check_common,
     collect,
     gradient_steps_per_phase,
@@ -149,8 +150,7 @@ class SACAgent:
         self.actor = SquashedGaussianActor(n_obs, n_act, ctx.network).to(ctx.device)
         self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_params = list(self.actor.parameters())
-        self.actor_optimizer = make_adam(self.actor_params, cfg.actor_lr)
+        self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=ctx.device, requires_grad=cfg.autotune)
         self.alpha_optimizer = make_adam([self.log_alpha], cfg.alpha_lr) if cfg.autotune else None
@@ -228,8 +228,7 @@ class SACAgent:
         q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
         actor_loss = (alpha * log_prob_pi - q_pi).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
-        # Only the actor's gradients: the critics' weight gradients would be thrown away.
-        actor_loss.backward(inputs=self.actor_params)
+        actor_backward(actor_loss, self.actor)
         self.actor_optimizer.step()
 
         self.n_updates += 1

@@ -29,6 +29,7 @@ from rlrun.offpolicy import (
     Critics,
     DeterministicActor,
     NoiseType,
+    actor_backward,
     add_noise,
     check_common,
     collect,
@@ -113,8 +114,7 @@ class TD3Agent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_params = list(self.actor.parameters())
-        self.actor_optimizer = make_adam(self.actor_params, cfg.actor_lr)
+        self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
                                    ctx.device)
@@ -169,8 +169,7 @@ class TD3Agent:
         if self.n_updates % cfg.policy_delay == 0:
             actor_loss = -self.critic(batch.obs, self.actor(batch.obs), first=1).mean()
             self.actor_optimizer.zero_grad(set_to_none=True)
-            # Only the actor's gradients: the critics' weight gradients would be thrown away.
-            actor_loss.backward(inputs=self.actor_params)
+            actor_backward(actor_loss, self.actor)
             self.actor_optimizer.step()
             polyak_update(self.critic_target, self.critic, cfg.tau)
             polyak_update(self.actor_target, self.actor, cfg.tau)
