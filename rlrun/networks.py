@@ -101,10 +101,12 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """Hidden-layer matmuls in bfloat16 (fp32 weights, optimizer, output layers and losses; see MLP.forward).
 
     On this project's CPUs (AVX512-BF16) a [256, 400] × [400, 300] matmul runs at ~160-184 GFLOP/s in
-    bf16 against ~80 in fp32 (measured), and the update of the replay-based algorithms
-    (DQN, DDPG, TD3, SAC) is almost all matmul.
+    bf16 against ~80 in fp32 (measured), and the update of the replay-based algorithms (DQN, DDPG, TD3, SAC) is
+    almost all matmul. The cast cache is off: an update steps the optimizer between forwards inside one block,
+    and a cached bf16 copy would keep the weights from before the step (a copy cast under no_grad would also
+    carry no gradient).
     """
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False)
 
 
 def make_adam(params, lr: float, **kwargs) -> torch.optim.Adam:

@@ -55,7 +55,7 @@ class DeterministicActor(MLP):
     """μ(s) ∈ [-1, 1]^|A|: the MLP (`body` + `head`, so transfer sees the usual names) followed by tanh."""
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(super().forward(obs).float())
+        return torch.tanh(super().forward(obs))
 
 
 class Critics(nn.Module):
@@ -75,7 +75,7 @@ class Critics(nn.Module):
         """Q values of the first `first` critics (all by default), shape [n, batch]."""
         x = torch.cat([obs, actions], dim=1)
         critics = self.q if first is None else self.q[:first]
-        return torch.stack([q(x).squeeze(-1) for q in critics]).float()
+        return torch.stack([q(x).squeeze(-1) for q in critics])
 
 
 def actor_backward(loss: torch.Tensor, actor: nn.Module) -> None:

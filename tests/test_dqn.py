@@ -92,3 +92,20 @@ def test_mlp_output_layer_stays_fp32_under_bf16_autocast():
     assert features.dtype == torch.bfloat16 and out.dtype == torch.float32
     torch.testing.assert_close(out, net.head(features.float()))
     torch.testing.assert_close(out, net(x), atol=0.05, rtol=0.05)  # bf16 hidden layers: close to fp32
+
+
+def test_bf16_autocast_sees_weights_stepped_inside_the_block_and_keeps_gradients():
+    from rlrun.config import NetworkConfig
+    from rlrun.networks import MLP, bf16_autocast
+
+    torch.manual_seed(0)
+    net = MLP(3, 2, NetworkConfig(hidden=[8]))
+    x = torch.randn(5, 3)
+    with bf16_autocast(torch.device("cpu"), True):
+        with torch.no_grad():
+            before = net(x)  # a first forward under no_grad must not leave a gradient-less cast behind
+            net.body[0].weight.add_(1.0)  # an optimizer step inside the same block
+        after = net(x)
+        after.sum().backward()
+    assert not torch.allclose(before, after)
+    assert net.body[0].weight.grad is not None and net.body[0].weight.grad.abs().sum() > 0

@@ -152,14 +152,13 @@ class DQNAgent:
     def update(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng)
-        with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
-            target_q_next = self.q_target(batch.next_obs).float()
-            online_q_next = self.q(batch.next_obs).float() if cfg.double else None
-        targets = td_target(batch.rewards, batch.terminated, next_state_values(target_q_next, online_q_next),
-                            cfg.gamma)
-        with bf16_autocast(self.device, cfg.bf16):
-            q_values = self.q(batch.obs).float()
-        q_taken = q_values.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        with bf16_autocast(self.device, cfg.bf16):  # hidden layers only: the MLPs return fp32 Q-values
+            with torch.no_grad():
+                target_q_next = self.q_target(batch.next_obs)
+                online_q_next = self.q(batch.next_obs) if cfg.double else None
+                targets = td_target(batch.rewards, batch.terminated,
+                                    next_state_values(target_q_next, online_q_next), cfg.gamma)
+            q_taken = self.q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
         if cfg.loss == TDLoss.huber:
             loss = F.smooth_l1_loss(q_taken, targets)
         else:

@@ -123,7 +123,7 @@ class SquashedGaussianActor(MLP):
         super().__init__(n_obs, 2 * n_act, net)
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = super().forward(obs).float().chunk(2, dim=-1)
+        mean, log_std = super().forward(obs).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
