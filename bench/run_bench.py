@@ -1,14 +1,17 @@
 """`make bench`: rlrun's training throughput beside Stable-Baselines3 at the same (rl-zoo) hyperparameters.
 
-Everything is measured in this one process, side by side, with one torch thread for both libraries:
+Everything is measured in this one process, side by side, with the same torch threads for both libraries
+(`--threads`, default 1):
   1. the raw env stepping rate (random actions, one env): the physical limit of one core;
   2. per algorithm, training throughput in env steps/s with evaluation off — for off-policy algorithms the
      training phase only (after `learning_starts`) — for rlrun and, when the `.[bench]` extra is installed,
      for SB3 at the same settings; each measured `--repeats` times alternately and reported as the median;
-  3. with `--solve`, time to solve with rlrun's own presets (median of `--seeds`), from `summary.json`.
+  3. with `--solve`, time to solve (median of `--seeds`): rlrun with its own presets, from `summary.json`, and
+     SB3 at rl-zoo's hyperparameters (within rl-zoo's budget), evaluated the same way.
 It writes a Markdown table to `bench/results.md` (or `--out`).
 
     python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve [--solve-algos ppo,dqn]] [--seeds 0,1,2]
+                                [--threads 1]
 """
 
 from __future__ import annotations
@@ -64,10 +67,11 @@ def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str]) -> tuple[float, str]:
+def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str],
+                     threads: int) -> tuple[float, str]:
     """Env steps/s over `steps` after `warmup` steps, and the preset's env id."""
     cfg = compose([f"experiment={preset}", *extra, "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
-                   "log.progress=none", "device=cpu", "torch_threads=1"])
+                   "log.progress=none", "device=cpu", f"torch_threads={threads}"])
     run = Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
     while run.runner.global_step < warmup:
         run.agent.train_iteration(run.runner)
@@ -79,7 +83,7 @@ def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: lis
     return rate, cfg.env.id
 
 
-def sb3_model(algo: str):
+def sb3_model(algo: str, seed: int = 0):
     """SB3 (sb3-contrib for TRPO) at rl-zoo's LunarLander settings (BENCHMARKS.md), or None where neither has
     the algorithm or sb3-contrib is not installed."""
     from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
@@ -90,13 +94,13 @@ def sb3_model(algo: str):
         return DQN("MlpPolicy", "LunarLander-v3", learning_rate=6.3e-4, batch_size=128, buffer_size=50_000,
                    learning_starts=0, gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
                    exploration_fraction=0.12, exploration_final_eps=0.1,
-                   policy_kwargs=dict(net_arch=[256, 256]), seed=0, device="cpu")
+                   policy_kwargs=dict(net_arch=[256, 256]), seed=seed, device="cpu")
     if algo == "ppo":
-        return PPO("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=16, seed=0), n_steps=1024, batch_size=64,
-                   gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01, seed=0, device="cpu")
+        return PPO("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=16, seed=seed), n_steps=1024, batch_size=64,
+                   gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01, seed=seed, device="cpu")
     if algo == "a2c":
-        return A2C("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=8, seed=0), gamma=0.995, n_steps=5,
-                   learning_rate=lambda progress: 8.3e-4 * progress, ent_coef=1e-5, seed=0, device="cpu")
+        return A2C("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=8, seed=seed), gamma=0.995, n_steps=5,
+                   learning_rate=lambda progress: 8.3e-4 * progress, ent_coef=1e-5, seed=seed, device="cpu")
     if algo == "trpo":
         try:
             from sb3_contrib import TRPO
@@ -105,11 +109,11 @@ def sb3_model(algo: str):
         from stable_baselines3.common.vec_env import VecNormalize
 
         # rl-zoo's `normalize: true` is VecNormalize with its defaults (observations and rewards).
-        env = VecNormalize(make_vec_env("LunarLanderContinuous-v3", n_envs=2, seed=0))
-        return TRPO("MlpPolicy", env, n_steps=1024, n_critic_updates=20, seed=0, device="cpu")
+        env = VecNormalize(make_vec_env("LunarLanderContinuous-v3", n_envs=2, seed=seed))
+        return TRPO("MlpPolicy", env, n_steps=1024, n_critic_updates=20, seed=seed, device="cpu")
     if algo in ("td3", "sac"):
         env = gym.make("LunarLanderContinuous-v3")
-        kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=0, device="cpu")
+        kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=seed, device="cpu")
         if algo == "td3":
             noise = NormalActionNoise(np.zeros(2), 0.1 * np.ones(2))
             return TD3("MlpPolicy", env, gamma=0.98, buffer_size=200_000, learning_rate=1e-3,
@@ -146,19 +150,77 @@ def sb3_throughput(algo: str, steps: int, warmup: int) -> float | None:
     return (s1 - s0) / (t1 - t0)
 
 
-def solve_times(algo: str, seeds: list[int], out_dir: Path) -> list[dict]:
+def solve_times(algo: str, seeds: list[int], out_dir: Path, threads: int) -> list[dict]:
     env, threshold = SOLVE[algo]
     results = []
     for seed in seeds:
         run_dir = out_dir / f"solve_{algo}_s{seed}"
         subprocess.run([str(Path(sys.executable).parent / "rlrun"), f"algo={algo}", f"env={env}", f"seed={seed}",
                         f"stop_at_return={threshold}", f"hydra.run.dir={run_dir}", "log.progress=none",
-                        "log.tensorboard=false"], check=True, cwd=REPO)
+                        "log.tensorboard=false", f"torch_threads={threads}"], check=True, cwd=REPO)
         summary = json.loads((run_dir / "summary.json").read_text())
         results.append({"seed": seed, "steps": summary["solved_at_step"],
                         "wall_s": summary["solved_at_wall_time_s"], "best": summary["best_return_mean"]})
         print(f"  {algo} seed {seed}: {results[-1]}", flush=True)
     return results
+
+
+# rl-zoo's training budget per algorithm (n_timesteps).
+ZOO_BUDGET = {"dqn": 100_000, "ppo": 1_000_000, "td3": 300_000, "sac": 500_000}
+
+
+def sb3_solve_times(algo: str, seeds: list[int], timeout_s: float | None) -> list[dict]:
+    """SB3 at rl-zoo's hyperparameters, evaluated as rlrun evaluates (every `eval.every_steps` of rlrun's preset
+    for the pair, `eval.episodes` deterministic episodes on a separate env), stopped at the first mean ≥ the
+    threshold; wall time from the start of `learn`, evaluation included (as rlrun's `solved_at_wall_time_s`).
+    The budget is the larger of rl-zoo's and rlrun's preset's, so neither library gets fewer steps; with
+    `timeout_s` a run also stops (unsolved) after that much wall time."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    env_name, threshold = SOLVE[algo]
+    cfg = compose([f"algo={algo}", f"env={env_name}"])
+    every, episodes = cfg.eval.every_steps, cfg.eval.episodes
+
+    class SolveCheck(BaseCallback):
+        def __init__(self, eval_env: gym.Env):
+            super().__init__()
+            self.eval_env, self.next_eval, self.start = eval_env, every, time.perf_counter()
+            self.solved: tuple[int, float] | None = None
+            self.best = -float("inf")
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps < self.next_eval:
+                return True
+            if timeout_s is not None and time.perf_counter() - self.start > timeout_s:
+                return False
+            self.next_eval += every
+            mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=episodes, deterministic=True)
+            self.best = max(self.best, float(mean))
+            if mean >= threshold:
+                self.solved = (self.num_timesteps, time.perf_counter() - self.start)
+                return False
+            return True
+
+    results = []
+    for seed in seeds:
+        model = sb3_model(algo, seed)
+        eval_env = Monitor(gym.make(cfg.env.id))
+        eval_env.reset(seed=seed + 10_000)
+        check = SolveCheck(eval_env)
+        model.learn(total_timesteps=max(ZOO_BUDGET[algo], cfg.total_steps), callback=check)
+        steps, wall = check.solved if check.solved else (None, None)
+        results.append({"seed": seed, "steps": steps, "wall_s": None if wall is None else round(wall, 3),
+                        "best": round(check.best, 1), "trained_steps": model.num_timesteps})
+        print(f"  SB3 {algo} seed {seed}: {results[-1]}", flush=True)
+    return results
+
+
+def solve_row(label: str, results: list[dict]) -> str:
+    walls = [r["wall_s"] for r in results if r["wall_s"] is not None]
+    median = f"{statistics.median(walls):.0f}" if len(walls) == len(results) else "not all solved"
+    return f"| {label} | {[r['steps'] for r in results]} | {[r['wall_s'] for r in results]} | {median} |"
 
 
 def main() -> None:
@@ -170,9 +232,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--solve-algos", default=None,
                         help=f"algos to time-to-solve (default: those of --algos among {','.join(SOLVE)})")
+    parser.add_argument("--sb3-solve-timeout", type=float, default=None,
+                        help="stop an SB3 time-to-solve run unsolved after this many seconds")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both libraries")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     algos = [a for a in args.algos.split(",") if a]
     try:
         import stable_baselines3  # noqa: F401
@@ -185,7 +250,8 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
 
     lines = [f"# rlrun benchmark — {dt.date.today().isoformat()}", "",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, "
+             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s) for "
+             f"both libraries, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
              f"alternating measurements in one process.", "",
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
@@ -201,7 +267,7 @@ def main() -> None:
         extra = rest[0] if rest else []
         ours, theirs = [], []
         for _ in range(args.repeats):
-            rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra)
+            rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads)
             ours.append(rate)
             if have_sb3:
                 rate = sb3_throughput(algo.removesuffix("_bf16"), steps, warmup)
@@ -217,18 +283,17 @@ def main() -> None:
               flush=True)
     if args.solve:
         seeds = [int(s) for s in args.seeds.split(",")]
-        lines += ["", "| algo, env (rlrun preset) | solved at steps per seed | wall s per seed | median wall s |",
-                  "|---|---|---|---|"]
+        lines += ["", "| algo, env (rlrun: its preset; SB3: rl-zoo's) | solved at steps per seed | wall s per seed "
+                  "| median wall s |", "|---|---|---|---|"]
         solve_algos = args.solve_algos.split(",") if args.solve_algos else [a for a in algos if a in SOLVE]
         if unknown := [a for a in solve_algos if a not in SOLVE]:
             parser.error(f"--solve-algos: no solve target for {unknown}; choose from {','.join(SOLVE)}")
         for algo in solve_algos:
-            results = solve_times(algo, seeds, tmp)
-            walls = [r["wall_s"] for r in results if r["wall_s"] is not None]
-            median = f"{statistics.median(walls):.0f}" if len(walls) == len(results) else "not all solved"
-            lines.append(f"| {algo}, {SOLVE[algo][0]} | {[r['steps'] for r in results]} | "
-                         f"{[r['wall_s'] for r in results]} | {median} |")
+            lines.append(solve_row(f"{algo}, {SOLVE[algo][0]}: rlrun", solve_times(algo, seeds, tmp, args.threads)))
             print(lines[-1], flush=True)
+            if have_sb3:
+                lines.append(solve_row(f"{algo}, {SOLVE[algo][0]}: SB3", sb3_solve_times(algo, seeds, args.sb3_solve_timeout)))
+                print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
