@@ -188,7 +188,7 @@ def sb3_solve_times(algo: str, seeds: list[int], timeout_s: float | None) -> lis
             super().__init__()
             self.eval_env, self.next_eval, self.start = eval_env, every, time.perf_counter()
             self.solved: tuple[int, float] | None = None
-            self.best = -float("inf")
+            self.best, self.eval_s = -float("inf"), 0.0
 
         def _on_step(self) -> bool:
             if self.num_timesteps < self.next_eval:
@@ -196,7 +196,9 @@ def sb3_solve_times(algo: str, seeds: list[int], timeout_s: float | None) -> lis
             if timeout_s is not None and time.perf_counter() - self.start > timeout_s:
                 return False
             self.next_eval += every
+            eval_start = time.perf_counter()
             mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=episodes, deterministic=True)
+            self.eval_s += time.perf_counter() - eval_start
             self.best = max(self.best, float(mean))
             if mean >= threshold:
                 self.solved = (self.num_timesteps, time.perf_counter() - self.start)
@@ -212,7 +214,8 @@ def sb3_solve_times(algo: str, seeds: list[int], timeout_s: float | None) -> lis
         model.learn(total_timesteps=max(ZOO_BUDGET[algo], cfg.total_steps), callback=check)
         steps, wall = check.solved if check.solved else (None, None)
         results.append({"seed": seed, "steps": steps, "wall_s": None if wall is None else round(wall, 3),
-                        "best": round(check.best, 1), "trained_steps": model.num_timesteps})
+                        "best": round(check.best, 1), "trained_steps": model.num_timesteps,
+                        "of_which_eval_s": round(check.eval_s, 1)})
         print(f"  SB3 {algo} seed {seed}: {results[-1]}", flush=True)
     return results
 
@@ -260,8 +263,9 @@ def main() -> None:
         raw[env_id] = statistics.median(raw_env_rate(env_id) for _ in range(args.repeats))
         lines.append(f"| {env_id} | {raw[env_id]:,.0f} |")
         print(lines[-1], flush=True)
-    lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 | rlrun / raw env |",
-              "|---|---|---|---|---|"]
+    if algos:
+        lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 | rlrun / raw env |",
+                  "|---|---|---|---|---|"]
     for algo in algos:
         preset, steps, warmup, *rest = ZOO[algo]
         extra = rest[0] if rest else []
