@@ -7,7 +7,7 @@ Everything is measured in this one process, side by side, with the same torch th
      training phase only (after `learning_starts`) — for rlrun and, when the `.[bench]` extra is installed,
      for SB3 at the same settings; each measured `--repeats` times alternately and reported as the median;
   3. with `--solve`, time to solve (median of `--seeds`): rlrun with its own presets, from `summary.json`, and
-     SB3 at rl-zoo's hyperparameters (within rl-zoo's budget), evaluated the same way.
+     SB3 at rl-zoo's hyperparameters, evaluated the same way (the larger of the two budgets; `--sb3-solve-timeout`).
 It writes a Markdown table to `bench/results.md` (or `--out`).
 
     python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve [--solve-algos ppo,dqn]] [--seeds 0,1,2]
@@ -174,7 +174,7 @@ def sb3_solve_times(algo: str, seeds: list[int], timeout_s: float | None) -> lis
     for the pair, `eval.episodes` deterministic episodes on a separate env), stopped at the first mean ≥ the
     threshold; wall time from the start of `learn`, evaluation included (as rlrun's `solved_at_wall_time_s`).
     The budget is the larger of rl-zoo's and rlrun's preset's, so neither library gets fewer steps; with
-    `timeout_s` a run also stops (unsolved) after that much wall time."""
+    `timeout_s` a run also stops (unsolved) at the first evaluation due after that much wall time."""
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
