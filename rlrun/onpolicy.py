@@ -76,6 +76,9 @@ def episode_complete(dones: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit (unbiased) std; a single element has no spread and is returned as it is (not NaN)."""
+    if x.numel() <= 1:
+        return x
     return (x - x.mean()) / (x.std() + eps)
 
 
@@ -89,7 +92,7 @@ def normalize_per_minibatch(x: torch.Tensor, size: int, eps: float = 1e-8) -> to
     parts = [(rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + eps)]
     rest = x[full:]
     if rest.shape[0] > 0:
-        parts.append(normalize(rest, eps) if rest.shape[0] > 1 else rest)
+        parts.append(normalize(rest, eps))
     return torch.cat([parts[0].flatten(), *parts[1:]])
 
 

@@ -153,6 +153,15 @@ def test_normalize_per_minibatch_matches_slice_by_slice():
         torch.testing.assert_close(normalize_per_minibatch(x, size), expected)
 
 
+def test_normalize_has_zero_mean_unit_std_and_leaves_a_single_element_finite():
+    x = torch.tensor([1.0, 2.0, 4.0, 9.0])
+    out = normalize(x)
+    torch.testing.assert_close(out.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.std(), torch.tensor(1.0))
+    # A one-sample batch (A2C with num_envs * num_steps = 1) has no spread: unbiased std is NaN there.
+    torch.testing.assert_close(normalize(torch.tensor([3.5])), torch.tensor([3.5]))
+
+
 def test_clip_grad_norm_matches_torch_and_skips_frozen():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
