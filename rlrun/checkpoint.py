@@ -10,6 +10,7 @@ stays consistent: the `.pt` names its buffer file, and older buffer files are re
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import zipfile
@@ -75,7 +76,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.nd
         buffer_name = f"{path.stem}-buffer-{step}.npz"
         atomic_write(path.with_name(buffer_name), lambda handle: np.savez(handle, **buffer))
         payload["buffer_file"] = buffer_name
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    # Serialised in memory first: torch's zip writer reports a failed write to a file (a full disk) as a
+    # RuntimeError ("unexpected pos"), not as the OSError atomic_write turns into a clear message.
+    data = io.BytesIO()
+    torch.save(payload, data)
+    atomic_write(path, lambda handle: handle.write(data.getbuffer()))
     # Only now is the old buffer file unreferenced.
     for old in path.parent.glob(f"{path.stem}-buffer-*.npz"):
         if buffer is None or old.name != payload["buffer_file"]:
@@ -112,3 +117,29 @@ def load_buffer(checkpoint_path: Path, payload: dict[str, Any]) -> dict[str, np.
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"replay buffer {buffer_path} next to {checkpoint_path} is missing or "
                               f"corrupt ({exc})") from None
+
+
+
+def _obs_norm_in(payload: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    stats = payload.get("obs_norm")
+    if stats is None and isinstance(payload.get("agent_state"), dict):
+        stats = payload["agent_state"].get("obs_norm")
+    return {key: np.asarray(value) for key, value in stats.items()} if isinstance(stats, dict) else None
+
+
+def stored_obs_norm(path: Path, payload: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The observation-normalisation statistics that go with the weights in `payload` (read from `path`) and
+    the file they come from, or (None, None).
+
+    Checkpoints hold them under "obs_norm" (best.pt too: the policy acts on normalised observations); a best.pt
+    written before that held weights only, so then they come from the full state of last.pt beside it.
+    """
+    stats = _obs_norm_in(payload)
+    if stats is not None:
+        return stats, str(path)
+    last = Path(path).with_name("last.pt")
+    if last != Path(path) and last.is_file():
+        stats = _obs_norm_in(load_checkpoint(last))
+        if stats is not None:
+            return stats, str(last)
+    return None, None

@@ -128,10 +128,11 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
                         video: bool) -> dict[str, Any]:
     from rlrun.algos import ALGORITHMS
     from rlrun.algos.protocol import AgentContext
-    from rlrun.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+    from rlrun.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, stored_obs_norm
     from rlrun.config import Device
     from rlrun.envs import make_env
     from rlrun.evaluation import Evaluator
+    from rlrun.onpolicy import observation_normalizer
     from rlrun.run import load_model_state, resolve_device
 
     if episodes <= 0:
@@ -146,13 +147,21 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     payload = load_checkpoint(ckpt)
     cfg = config_from_checkpoint(payload)
     env = make_env(cfg.env)
+    # The training run's total_steps and num_envs: agents check their batch sizes against them.
     ctx = AgentContext(env.observation_space, env.action_space, cfg.network, resolve_device(Device(device)),
-                       seed, 1, 1)
+                       seed, cfg.total_steps, int(getattr(cfg.algo, "num_envs", 1)))
     env.close()
     if cfg.algo.name not in ALGORITHMS:
         raise CheckpointError(f"{ckpt} was written by an unknown algorithm {cfg.algo.name!r}")
     agent = ALGORITHMS[cfg.algo.name].make_agent(cfg.algo, ctx)
     load_model_state(agent, payload["model"])
+    obs_norm = observation_normalizer(agent)
+    if obs_norm is not None:
+        stats, _ = stored_obs_norm(ckpt, payload)
+        if stats is None:
+            raise CheckpointError(f"{ckpt} was trained with algo.normalize_obs=true, but neither it nor a last.pt "
+                                  f"beside it holds the observation-normalisation statistics")
+        obs_norm.load_state(stats)
     evaluator = Evaluator(cfg.env, episodes, seed, video_dir=run_dir / "videos" if video else None,
                           video_episodes=episodes)
     started = time.monotonic()
@@ -171,6 +180,8 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
 
 def config_from_checkpoint(payload: dict[str, Any]) -> Config:
     """Rebuild the typed config stored in a checkpoint. Data only: nothing is instantiated from it."""
+    import yaml
+
     from rlrun.algos import ALGORITHMS
     from rlrun.checkpoint import CheckpointError
 
@@ -183,7 +194,7 @@ def config_from_checkpoint(payload: dict[str, Any]) -> Config:
         schema.algo = OmegaConf.structured(ALGORITHMS[algo_name].config_cls)
         merged = OmegaConf.merge(schema, raw)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except (OmegaConfBaseException, KeyError, AttributeError) as exc:
+    except (OmegaConfBaseException, yaml.YAMLError, KeyError, AttributeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's stored config is not a valid rlrun config: {exc}") from None
 
 

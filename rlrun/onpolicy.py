@@ -272,6 +272,13 @@ class ObsNormalizer:
         self.rms.load_state(state)
 
 
+def observation_normalizer(agent: Any) -> ObsNormalizer | None:
+    """The agent's observation normaliser when it normalises observations (on-policy agents with
+    `normalize_obs`), else None. Its statistics belong with the weights wherever the policy is used."""
+    obs_norm = getattr(getattr(agent, "parts", None), "obs_norm", None)
+    return obs_norm if obs_norm is not None and obs_norm.enabled else None
+
+
 class RewardScaler:
     """Divide rewards by the running std of the discounted return (VecNormalize's norm_reward)."""
 

@@ -8,6 +8,7 @@ import random
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
+from rlrun.onpolicy import observation_normalizer
 
 EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation start states apart from the training envs' seeds
 
@@ -96,6 +98,8 @@ def rng_states() -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     return {
         "torch": torch.get_rng_state(),
+        # PPO's and SAC's sampling draws from the CUDA generators when the run is on a GPU
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": json.dumps({**np_state, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                                      for k, v in np_state["state"].items()}}),
         "python": json.dumps(random.getstate()),
@@ -104,6 +108,13 @@ def rng_states() -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
+    cuda_states = states.get("torch_cuda") or []  # absent in checkpoints from before it was saved
+    if cuda_states:
+        if torch.cuda.is_available() and torch.cuda.device_count() >= len(cuda_states):
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            warnings.warn("this checkpoint comes from a GPU run; without CUDA here its CUDA random state cannot "
+                          "be restored, so the resumed run continues correctly but not bit-for-bit", stacklevel=2)
     np_state = json.loads(states["numpy"])
     np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(np_state)
@@ -147,6 +158,16 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A fresh run would truncate evaluations.csv and replace the checkpoints of a run already in `run_dir`."""
+    earlier = [name for name in ("summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
+               if (run_dir / name).exists()]
+    if earlier:
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(earlier)}); a fresh run there would overwrite "
+                         f"it. Continue it with resume={run_dir} (or resume=auto), or choose another "
+                         f"hydra.run.dir.")
+
+
 class Run:
     """One training run: `Run(cfg, run_dir, config_yaml).train()` returns the summary dict."""
 
@@ -161,10 +182,16 @@ class Run:
             raise ValueError(f"total_steps must be positive, got {cfg.total_steps}")
         if cfg.eval.every_steps < 0 or cfg.checkpoint.every_steps < 0:
             raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0 (0 = off)")
+        if cfg.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {cfg.seed}")
+        if any(width <= 0 for width in cfg.network.hidden):
+            raise ValueError(f"network.hidden must list positive layer widths, got {list(cfg.network.hidden)}")
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
         self.resume_from = find_resume_checkpoint(cfg.resume, self.run_dir)
+        if cfg.resume is None:
+            refuse_to_overwrite(self.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = RunState()
         self._stop_signal: int | None = None
@@ -319,6 +346,9 @@ class Run:
             "model": model_state(self.agent), "algo": self.algo_name, "env_id": self.cfg.env.id,
             "step": step, "config": self.config_yaml,
         }
+        obs_norm = observation_normalizer(self.agent)
+        if obs_norm is not None:  # the policy acts on normalised observations: best.pt needs them too
+            payload["obs_norm"] = _tensorise(obs_norm.state())
         if full:
             run_state = {key: value for key, value in vars(self.state).items()}
             run_state.update(elapsed_before_s=self.elapsed(), csv_length=self.csv.length(),

@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
-from rlrun.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+from rlrun.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, stored_obs_norm
 from rlrun.config import TransferConfig, TransferKind
+from rlrun.onpolicy import observation_normalizer
 
 REPORT_FILE = "transfer_report.json"
 
@@ -83,22 +84,7 @@ def load_source(cfg: TransferConfig) -> tuple[Path, dict[str, torch.Tensor], dic
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"transfer.source={cfg.source}: {path}'s \"model\" is not a dict of tensors")
     return path, model, {"algo": payload.get("algo"), "env_id": payload.get("env_id"), "step": payload.get("step"),
-                         "agent_state": payload.get("agent_state")}
-
-
-def source_obs_norm(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """The source's observation-normalisation statistics and the file they come from (best.pt holds weights
-    only, so then they come from last.pt beside it), or (None, None)."""
-    state = meta.get("agent_state")
-    if isinstance(state, dict) and "obs_norm" in state:
-        return state["obs_norm"], str(path)
-    last = path.with_name("last.pt")
-    if last != path and last.is_file():
-        payload = load_checkpoint(last)
-        state = payload.get("agent_state")
-        if isinstance(state, dict) and "obs_norm" in state:
-            return state["obs_norm"], str(last)
-    return None, None
+                         "agent_state": payload.get("agent_state"), "obs_norm": payload.get("obs_norm")}
 
 
 def network_of(name: str) -> str:
@@ -366,12 +352,11 @@ class Transfer:
         if not report.loaded:
             raise TransferError(f"nothing in {path} fits this network (mapping {self.network_map})")
         report.unused_source = sorted(set(source) - used)
-        obs_norm = getattr(getattr(self.agent, "parts", None), "obs_norm", None)
-        if self.cfg.obs_norm and obs_norm is not None and obs_norm.enabled:
-            stats, origin = source_obs_norm(path, meta)
+        obs_norm = observation_normalizer(self.agent)
+        if self.cfg.obs_norm and obs_norm is not None:
+            stats, origin = stored_obs_norm(path, meta)
             if stats is not None and tuple(stats["mean"].shape) == tuple(obs_norm.rms.mean.shape):
-                obs_norm.load_state({key: value.numpy() if isinstance(value, torch.Tensor) else value
-                                     for key, value in stats.items()})
+                obs_norm.load_state(stats)
                 report.obs_norm_from = origin
         self.loaded_names = set(report.loaded)
         self.apply(0)

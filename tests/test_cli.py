@@ -67,6 +67,28 @@ def test_rlrun_eval_reports_deterministic_return(tiny_run):
     assert (run_dir / "eval_best.json").exists()
 
 
+def test_rlrun_eval_reproduces_the_runs_evaluation_with_normalised_observations(tmp_path):
+    """The policy acts on normalised observations: rlrun-eval must use the run's statistics (best.pt holds
+    them too), and an agent trained with several envs and minibatches larger than one env's rollout builds."""
+    run_dir = tmp_path / "run"
+    rlrun(run_dir, "algo=ppo", "env=cartpole", "algo.normalize_obs=true", "algo.num_envs=2", "algo.num_steps=64",
+          "algo.minibatch_size=128", "total_steps=1024", "eval.every_steps=0", "eval.episodes=3")
+    in_run = read_evaluations(run_dir)[-1]["return_mean"]
+    for which in ("best", "last"):
+        proc = _rlrun_eval(str(run_dir), "--checkpoint", which, "--episodes", "3", "--seed", "1000003")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["return_mean"] == pytest.approx(in_run, abs=1e-4)
+    assert "obs_norm" in torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+
+
+def test_a_fresh_run_refuses_a_directory_that_holds_a_run(tiny_run):
+    run_dir, _ = tiny_run
+    kept = {name: (run_dir / name).read_bytes()
+            for name in ("summary.json", "evaluations.csv", "checkpoints/best.pt", "checkpoints/last.pt")}
+    _assert_clean_failure(rlrun(run_dir, *TINY, check=False), "already holds a run", "resume=")
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+
+
 def test_stop_at_return_stops_early(tmp_path):
     rlrun(tmp_path / "run", *TINY, "stop_at_return=-1000")  # any eval mean reaches it
     summary = read_summary(tmp_path / "run")
@@ -96,6 +118,10 @@ def _assert_clean_failure(proc, *needles):
     (["device=cuda"] if not torch.cuda.is_available() else ["resume=/no/such/run"], ["cuda"]
      if not torch.cuda.is_available() else ["no checkpoint"]),
     (["resume=/no/such/run"], ["no checkpoint"]),
+    (["seed=-1"], ["seed must be >= 0"]),
+    (["network.hidden=[-4]"], ["network.hidden"]),
+    (["network.hidden=[0]"], ["network.hidden"]),
+    (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
     proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)
@@ -109,6 +135,14 @@ def _rlrun_eval(*args):
 
 def test_rlrun_eval_missing_checkpoint(tmp_path):
     _assert_clean_failure(_rlrun_eval(str(tmp_path / "missing.pt")), "does not exist")
+
+
+def test_rlrun_eval_checkpoint_with_a_corrupt_config(tmp_path, tiny_run):
+    run_dir, _ = tiny_run
+    payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    payload["config"] = "algo: [unclosed"
+    torch.save(payload, tmp_path / "bad_config.pt")
+    _assert_clean_failure(_rlrun_eval(str(tmp_path / "bad_config.pt")), "not a valid rlrun config")
 
 
 def test_rlrun_eval_corrupt_checkpoint(tmp_path, tiny_run):

@@ -149,3 +149,17 @@ def test_resume_from_a_run_directory_continues_into_a_new_one(tmp_path):
     assert steps == [1000, 2000, 3000, 4000, 5000, 6000]  # the first run's rows, then the continuation
 
 
+
+
+def test_rng_states_carry_the_cuda_generators_and_say_when_they_cannot_be_restored():
+    from rlrun.run import rng_states, set_rng_states
+
+    states = rng_states()
+    assert "torch_cuda" in states
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for resuming a GPU run where CUDA is missing; this machine has CUDA")
+    assert states["torch_cuda"] == []
+    set_rng_states(states)  # a CPU run's states restore without a word
+    from_gpu = dict(states, torch_cuda=[torch.zeros(16, dtype=torch.uint8)])
+    with pytest.warns(UserWarning, match="not bit-for-bit"):
+        set_rng_states(from_gpu)

@@ -14,6 +14,8 @@ import torch
 from conftest import BIN, REPO, read_summary, rlrun
 from omegaconf import OmegaConf
 
+from rlrun import checkpoint
+from rlrun import run as run_module
 from rlrun.checkpoint import CheckpointError, load_buffer, load_checkpoint, save_checkpoint
 from rlrun.config import compose
 from rlrun.run import NonFiniteError, Run
@@ -56,33 +58,65 @@ def test_kill_between_temp_write_and_rename_keeps_previous_checkpoint(tmp_path):
     np.testing.assert_array_equal(load_buffer(tmp_path / "last.pt", loaded)["x"], np.ones(4))
 
 
-def test_full_disk_keeps_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+class FullDisk:
+    """`open` for rlrun.checkpoint whose files take `room` bytes in all, then fail like a full disk (ENOSPC)."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        disk = self
+
+        class Handle:
+            def write(self, data) -> int:
+                size = memoryview(data).nbytes
+                if size > disk.room:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                disk.room -= size
+                return handle.write(data)
+
+            def __getattr__(self, name):
+                return getattr(handle, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+        return Handle()
+
+
+@pytest.mark.parametrize("with_buffer", [False, True])
+def test_full_disk_keeps_previous_checkpoint_and_says_so(tmp_path, monkeypatch, with_buffer):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, payload(1.0))
-
-    def full_disk(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
+    buffer = {"x": np.ones(4)} if with_buffer else None
+    save_checkpoint(path, payload(1.0), buffer, step=1)
+    big = {"model": {"w": torch.zeros(100_000)}, "step": 2}
+    monkeypatch.setattr(checkpoint, "open", FullDisk(room=10_000), raising=False)
     with pytest.raises(CheckpointError, match="no space left"):
-        save_checkpoint(path, payload(2.0))
+        save_checkpoint(path, big, {"x": np.zeros(100_000)} if with_buffer else None, step=2)
     monkeypatch.undo()
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((3,), 1.0))
-    assert not list(tmp_path.glob(".last.pt.tmp-*"))  # no temp file left behind
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], torch.full((3,), 1.0))
+    if with_buffer:
+        np.testing.assert_array_equal(load_buffer(path, loaded)["x"], np.ones(4))
+    assert not list(tmp_path.glob(".*.tmp-*"))  # no temp file left behind
 
 
 def test_full_disk_during_a_run_fails_clearly_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     run = build_run(tmp_path, "checkpoint.every_steps=200")
-    real_save = torch.save
+    real_save = checkpoint.save_checkpoint
     calls = {"n": 0}
 
-    def save_then_fill_disk(obj, handle, *args, **kwargs):
+    def save_then_fill_disk(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, handle, *args, **kwargs)
+        if calls["n"] == 4:  # the disk fills up: a checkpoint no longer fits, summary.json (~1 KB) still does
+            monkeypatch.setattr(checkpoint, "open", FullDisk(room=2_000), raising=False)
+        return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", save_then_fill_disk)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_fill_disk)
     with pytest.raises(CheckpointError, match="no space left"):
         run.train()
     monkeypatch.undo()

@@ -144,13 +144,25 @@ def test_dqn_body_feeds_both_ppo_networks(tmp_path):
 
 
 def test_observation_normalisation_comes_with_the_weights(tmp_path):
-    """best.pt holds weights only: the statistics come from last.pt beside it."""
+    """best.pt carries the statistics its policy acted with; one from before that (weights only) falls back to
+    the statistics in last.pt beside it."""
     src = tmp_path / "src"
     build_run(src, *CARTPOLE, "algo.normalize_obs=true", "total_steps=128").train()
     run = build_run(tmp_path / "dst", *CARTPOLE, "algo.normalize_obs=true", "total_steps=64",
                     "transfer=finetune", f"transfer.source={src}")
-    stats = load_checkpoint(src / "checkpoints" / "last.pt")["agent_state"]["obs_norm"]
+    stats = load_checkpoint(src / "checkpoints" / "best.pt")["obs_norm"]
+    assert stats["mean"].abs().sum() > 0  # real statistics, not the initial zeros
     assert np.array_equal(run.agent.parts.obs_norm.rms.mean, stats["mean"].numpy())
+    assert run.transfer.report.obs_norm_from.endswith("best.pt")
+
+    best = src / "checkpoints" / "best.pt"
+    legacy = load_checkpoint(best)
+    del legacy["obs_norm"]
+    torch.save(legacy, best)
+    run = build_run(tmp_path / "dst_legacy", *CARTPOLE, "algo.normalize_obs=true", "total_steps=64",
+                    "transfer=finetune", f"transfer.source={src}")
+    last_stats = load_checkpoint(src / "checkpoints" / "last.pt")["agent_state"]["obs_norm"]
+    assert np.array_equal(run.agent.parts.obs_norm.rms.mean, last_stats["mean"].numpy())
     assert run.transfer.report.obs_norm_from.endswith("last.pt")
     fresh = build_run(tmp_path / "off", *CARTPOLE, "algo.normalize_obs=true", "total_steps=64",
                       "transfer=finetune", f"transfer.source={src}", "transfer.obs_norm=false")
