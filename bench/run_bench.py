@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -155,6 +156,7 @@ def solve_times(algo: str, seeds: list[int], out_dir: Path, threads: int) -> lis
     results = []
     for seed in seeds:
         run_dir = out_dir / f"solve_{algo}_s{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # the bench's scratch run from an earlier invocation
         subprocess.run([str(Path(sys.executable).parent / "rlrun"), f"algo={algo}", f"env={env}", f"seed={seed}",
                         f"stop_at_return={threshold}", f"hydra.run.dir={run_dir}", "log.progress=none",
                         "log.tensorboard=false", f"torch_threads={threads}"], check=True, cwd=REPO)
