@@ -286,7 +286,9 @@ class Transfer:
         """Trainable parameter name → LR multiplier (None = frozen)."""
         out = {}
         for name, param in self.params.items():
-            scale = self.layer_scale(name)
+            # only what came from the source is frozen or layer-scaled: a tensor kept freshly initialised
+            # (shape mismatch, reinit_head, missing in the source) trains like any new layer
+            scale = self.layer_scale(name) if name in self.loaded_names else 1.0
             if id(param) not in self.optimized:
                 # target networks follow their online network; anything else trained without a torch
                 # optimizer (TRPO's natural-gradient actor) cannot be frozen or given its own LR here
@@ -336,7 +338,9 @@ class Transfer:
                         report.shape_mismatch.append({"name": name, "target_shape": list(tensor.shape),
                                                       "source": src_name,
                                                       "source_shape": list(source[src_name].shape)})
-                        if not (self.cfg.reinit_mismatched or self.info[name].head and self.cfg.reinit_head):
+                        if self.cfg.reinit_mismatched or self.info[name].head and self.cfg.reinit_head:
+                            report.reinitialised.append(name)
+                        else:
                             errors.append(f"{name} {tuple(tensor.shape)} ← {src_name} "
                                           f"{tuple(source[src_name].shape)}")
                         continue

@@ -122,6 +122,21 @@ def test_new_action_space_needs_reinit_head(lunar_source, tmp_path):
     run.train()
 
 
+def test_freeze_leaves_freshly_initialised_tensors_trainable(source, tmp_path):
+    """CartPole (4 observations) → Pendulum (3): the first layer's weights cannot come from the source, so they
+    stay fresh and must train even though transfer=freeze freezes that layer's loaded bias."""
+    run = build_run(tmp_path, *PPO, "env=pendulum", "total_steps=64", "transfer=freeze",
+                    f"transfer.source={source}", "transfer.freeze_layers=1", "transfer.reinit_mismatched=true",
+                    "transfer.reinit_head=true")
+    report = run.transfer.report
+    assert {"actor.body.0.weight", "critic.body.0.weight"} <= set(report.reinitialised)
+    assert "actor.body.0.weight" not in report.frozen and "actor.body.0.bias" in report.frozen
+    assert run.agent.actor.body[0].weight.requires_grad and not run.agent.actor.body[0].bias.requires_grad
+    before = run.agent.actor.body[0].weight.detach().clone()
+    run.train()
+    assert not torch.equal(run.agent.actor.body[0].weight, before)
+
+
 def test_dqn_body_feeds_both_ppo_networks(tmp_path):
     dqn = tmp_path / "dqn"
     build_run(dqn, "algo=dqn", "env=cartpole", "network.hidden=[16,16]", "network.activation=tanh",
