@@ -9,62 +9,18 @@ stays consistent: the `.pt` names its buffer file, and older buffer files are re
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
+from rlrun.files import CheckpointError, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
+
 FORMAT = "rlrun-checkpoint-v1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says why and what was kept."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a temp file in the same directory, fsync it, then rename over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one. On failure (a full
-    disk, say) the temp file is removed and the old file is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"no space left on the device while writing {path}; the previous "
-                                  f"{path.name} (if any) is kept unchanged") from exc
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.ndarray] | None = None,

@@ -69,12 +69,14 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlrun.run import NonFiniteError, RunInterrupted
-    from rlrun.sweep import objective_value, train_seeds
+    from rlrun.sweep import check_direction, objective_value, train_seeds
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        if multirun:
+            check_direction(cfg.objective.metric, hydra_cfg.sweeper.get("direction"))
         if cfg.objective.seeds != 1:  # a sweeper's objective as the mean over k seeds (rlrun/sweep.py)
             runs = train_seeds(cfg, run_dir, train)
         else:

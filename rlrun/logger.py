@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-CSV_HEADER = "step,wall_time_s,return_mean,return_std,length_mean\n"
+from rlrun.files import CSV_HEADER
 
 
 def _scalar(value: Any) -> float:

@@ -9,7 +9,6 @@ envs go to separate panels, each with the env's reward threshold as a dashed lin
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlrun.files import EvaluationsError, read_evaluations
 from rlrun.sweep import RunRecord, find_runs, group_runs
 
 EXIT_BAD_INPUT = 2
@@ -35,12 +35,13 @@ class Curve:
 
 def read_curve(path: Path) -> Curve | None:
     """evaluations.csv → arrays; None for a file without rows (a run that never evaluated)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    try:
+        data = read_evaluations(path)
+    except EvaluationsError as exc:
+        raise PlotError(str(exc)) from None
+    if not len(data["step"]):
         return None
-    return Curve(np.array([float(r["step"]) for r in rows]), np.array([float(r["wall_time_s"]) for r in rows]),
-                 np.array([float(r["return_mean"]) for r in rows]))
+    return Curve(data["step"], data["wall_time_s"], data["return_mean"])
 
 
 def mean_and_spread(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200

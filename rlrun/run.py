@@ -158,6 +158,16 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def check_not_a_transfer_run(checkpoint: Path) -> None:
+    """A transfer run's optimizers have its frozen set and param groups: resuming it needs its transfer options."""
+    from rlrun.transfer import read_report
+
+    report = read_report(checkpoint.parent.parent)
+    if report is not None:
+        raise CheckpointError(f"{checkpoint} belongs to a transfer={report['kind']} run (from {report['source']}); "
+                              f"resume it with the same transfer=… options it was started with")
+
+
 def refuse_to_overwrite(run_dir: Path) -> None:
     """A fresh run would truncate evaluations.csv and replace the checkpoints of a run already in `run_dir`."""
     earlier = [name for name in ("summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
@@ -221,6 +231,8 @@ class Run:
             resume_payload = load_checkpoint(self.resume_from)
             if self.transfer is not None:
                 self.transfer.resume(self.resume_from.parent.parent, self.run_dir, int(resume_payload["step"]))
+            else:
+                check_not_a_transfer_run(self.resume_from)
             self._restore(resume_payload)
         else:
             self.state.next_eval = cfg.eval.every_steps

@@ -12,6 +12,7 @@ writes the summary of a sweep whose end was never reached (e.g. a cancelled SLUR
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -23,9 +24,11 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rlrun.config import ObjectiveMetric
+from rlrun.files import atomic_write_text
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -36,8 +39,9 @@ IGNORED_KEYS = ("seed", "resume", "log.", "hydra.", "objective.")
 def objective_value(summaries: list[dict[str, Any]], metric: ObjectiveMetric | str) -> float:
     """Mean over seeds of `metric` from each run's summary.json (NaN when no run has a value).
 
-    For the time-to-threshold metrics an unsolved run counts as its whole budget (total_steps, or the wall
-    time it ran), so "never solved" ranks below "solved late" instead of dropping out of the mean.
+    For the time-to-threshold metrics an unsolved run counts as one step past all it ran (rollouts can overshoot
+    total_steps, and a run may be solved at its final evaluation), or as the whole wall time it ran, so "never
+    solved" ranks below "solved late" instead of dropping out of the mean.
     """
     metric = ObjectiveMetric(metric)
     values = []
@@ -48,13 +52,26 @@ def objective_value(summaries: list[dict[str, Any]], metric: ObjectiveMetric | s
             value = summary.get("final_return_mean")
         elif metric == ObjectiveMetric.solved_at_step:
             value = summary.get("solved_at_step")
-            value = summary.get("total_steps") if value is None else value
+            if value is None and summary.get("total_steps") is not None:
+                value = max(summary["total_steps"], summary.get("steps_done") or 0) + 1
         else:
             value = summary.get("solved_at_wall_time_s")
             value = summary.get("wall_time_s") if value is None else value
         if value is not None:
             values.append(float(value))
     return float(statistics.fmean(values)) if values else math.nan
+
+
+def check_direction(metric: ObjectiveMetric | str, direction: Any) -> None:
+    """A sweeper's `direction` must suit `objective.metric`: returns are maximised, times to solve minimised."""
+    direction = getattr(direction, "name", direction)  # the Optuna sweeper's default is an enum
+    if not isinstance(direction, str):  # no direction (grid sweeps) or a multi-objective list
+        return
+    metric = ObjectiveMetric(metric)
+    wanted = "maximize" if metric in (ObjectiveMetric.best_return, ObjectiveMetric.final_return) else "minimize"
+    if direction.lower() != wanted:
+        raise ValueError(f"objective.metric={metric.value} should be {wanted}d, but hydra.sweeper.direction="
+                         f"{direction}; set hydra.sweeper.direction={wanted}")
 
 
 def train_seeds(cfg: DictConfig, job_dir: Path,
@@ -77,7 +94,7 @@ def train_seeds(cfg: DictConfig, job_dir: Path,
     report = {"metric": metric.value, "seeds": [s["seed"] for s in summaries],
               "values": [objective_value([s], metric) for s in summaries],
               "mean": objective_value(summaries, metric)}
-    (job_dir / "objective.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(job_dir / "objective.json", json.dumps(report, indent=2) + "\n")
     return results
 
 
@@ -253,12 +270,13 @@ def summarize(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def write_summary_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *keys], extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else (round(v, 3) if isinstance(v, float) else v))
-                             for k, v in row.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=[*COLUMNS, *keys], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else (round(v, 3) if isinstance(v, float) else v))
+                         for k, v in row.items()})
+    atomic_write_text(path, text.getvalue())
 
 
 def _pm(mean: float | None, std: float | None, digits: int = 1) -> str:
@@ -309,7 +327,8 @@ class SweepCallback(Callback):
 
     At the start it creates the sweep dir, because the Optuna sweeper opens its SQLite study there
     (`storage: sqlite:///${hydra.sweep.dir}/optuna.db`) before any job has made the directory.
-    At the end it writes sweep_summary.csv and prints the table.
+    After every job it rewrites sweep_summary.csv (atomically, quietly), because a failed job makes Hydra's
+    basic sweeper raise before the end; at the end it writes it once more and prints the table.
     """
 
     def __init__(self) -> None:
@@ -319,6 +338,17 @@ class SweepCallback(Callback):
         # Resolved once here; the sweeper and the launcher read the same cached `${now:…}` value.
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        # The job's own directory is resolved; the sweep dir is that many levels up as the subdir has parts
+        # (re-resolving hydra.sweep.dir in a launcher's worker process could give another ${now:} time).
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        job_dir = Path(str(config.hydra.runtime.output_dir))
+        depth = len(Path(str(config.hydra.sweep.subdir)).parts)
+        sweep_dir = job_dir.parents[depth - 1] if 0 < depth <= len(job_dir.parents) else job_dir.parent
+        if sweep_dir.is_dir():
+            summarize_sweep(sweep_dir, quiet=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))

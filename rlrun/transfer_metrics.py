@@ -20,7 +20,6 @@ Markdown table (mean ± std over seeds) and, with `--json FILE`, writes every pe
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rlrun.files import EvaluationsError, atomic_write_text, read_evaluations
 
 EXIT_BAD_INPUT = 2
 
@@ -50,17 +51,21 @@ def read_curve(run_dir: Path) -> Curve:
     path = run_dir / "evaluations.csv"
     if not path.is_file():
         raise MetricsError(f"{run_dir} has no evaluations.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    try:
+        evaluations = read_evaluations(path)
+    except EvaluationsError as exc:
+        raise MetricsError(str(exc)) from None
+    if not len(evaluations["step"]):
         raise MetricsError(f"{path} has no evaluations")
     seed, threshold = None, None
     summary = run_dir / "summary.json"
     if summary.is_file():
-        data = json.loads(summary.read_text())
+        try:
+            data = json.loads(summary.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MetricsError(f"{summary} is not readable JSON ({exc})") from None
         seed, threshold = data.get("seed"), data.get("reward_threshold")
-    return Curve(run_dir, seed, np.array([float(r["step"]) for r in rows]),
-                 np.array([float(r["return_mean"]) for r in rows]), threshold)
+    return Curve(run_dir, seed, evaluations["step"], evaluations["return_mean"], threshold)
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(markdown_table(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -36,6 +36,7 @@ def test_run_directory_holds_the_contract(tiny_run):
     assert summary["final_return_mean"] == pytest.approx(rows[-1]["return_mean"], abs=1e-5)
     assert summary["best_return_mean"] == pytest.approx(max(r["return_mean"] for r in rows), abs=1e-5)
     assert "[completed] dqn on CartPole-v1" in proc.stdout  # the summary line
+    assert not (run_dir.parent / "sweep_summary.csv").exists()  # a single run is not a sweep
 
 
 def test_checkpoint_loads_with_weights_only(tiny_run):

@@ -91,3 +91,16 @@ def test_rlrun_plot_fails_clearly_on_a_directory_without_runs(tmp_path):
         assert proc.returncode == 2
         assert "rlrun-plot error:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("content", [b"step,wall_time_s,return_mean,return_std,length_mean\n100,1.0,\n",
+                                     b"when,what\n1,2\n", b"\x89\xff\xfe\x00garbage"])
+def test_rlrun_plot_fails_clearly_on_an_unreadable_evaluations_csv(tmp_path, content):
+    """A truncated row, foreign columns, binary junk: a one-line error naming the file and exit 2."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "evaluations.csv").write_bytes(content)
+    proc = subprocess.run([str(BIN / "rlrun-plot"), str(run), "-o", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "not a readable evaluations.csv" in proc.stderr and str(run) in proc.stderr

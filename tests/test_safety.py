@@ -14,7 +14,7 @@ import torch
 from conftest import BIN, REPO, read_summary, rlrun
 from omegaconf import OmegaConf
 
-from rlrun import checkpoint
+from rlrun import checkpoint, files
 from rlrun import run as run_module
 from rlrun.checkpoint import CheckpointError, load_buffer, load_checkpoint, save_checkpoint
 from rlrun.config import compose
@@ -59,7 +59,7 @@ def test_kill_between_temp_write_and_rename_keeps_previous_checkpoint(tmp_path):
 
 
 class FullDisk:
-    """`open` for rlrun.checkpoint whose files take `room` bytes in all, then fail like a full disk (ENOSPC)."""
+    """`open` for rlrun.files (atomic writes): its files take `room` bytes in all, then fail with ENOSPC."""
 
     def __init__(self, room: int):
         self.room = room
@@ -94,7 +94,7 @@ def test_full_disk_keeps_previous_checkpoint_and_says_so(tmp_path, monkeypatch, 
     buffer = {"x": np.ones(4)} if with_buffer else None
     save_checkpoint(path, payload(1.0), buffer, step=1)
     big = {"model": {"w": torch.zeros(100_000)}, "step": 2}
-    monkeypatch.setattr(checkpoint, "open", FullDisk(room=10_000), raising=False)
+    monkeypatch.setattr(files, "open", FullDisk(room=10_000), raising=False)
     with pytest.raises(CheckpointError, match="no space left"):
         save_checkpoint(path, big, {"x": np.zeros(100_000)} if with_buffer else None, step=2)
     monkeypatch.undo()
@@ -113,7 +113,7 @@ def test_full_disk_during_a_run_fails_clearly_and_keeps_the_checkpoint(tmp_path,
     def save_then_fill_disk(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:  # the disk fills up: a checkpoint no longer fits, summary.json (~1 KB) still does
-            monkeypatch.setattr(checkpoint, "open", FullDisk(room=2_000), raising=False)
+            monkeypatch.setattr(files, "open", FullDisk(room=2_000), raising=False)
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "save_checkpoint", save_then_fill_disk)

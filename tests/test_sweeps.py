@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO
 
-from rlrun.sweep import find_runs, group_runs, objective_value, summarize
+from rlrun.sweep import check_direction, find_runs, group_runs, objective_value, summarize
 
 # DQN on CartPole for a few hundred steps: seconds per job, enough to write every file a run writes.
 TINY_DQN = ["env=cartpole", "total_steps=300", "eval.every_steps=150", "eval.episodes=1",
@@ -41,16 +41,32 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 # -- pure functions ------------------------------------------------------------------------------------------
-def test_objective_value_means_over_seeds_and_counts_unsolved_as_the_budget():
+def test_objective_value_means_over_seeds_and_counts_unsolved_past_the_budget():
     runs = [{"best_return_mean": 100.0, "final_return_mean": 80.0, "solved_at_step": 4000, "total_steps": 10000,
              "solved_at_wall_time_s": 2.0, "wall_time_s": 5.0},
             {"best_return_mean": 300.0, "final_return_mean": 40.0, "solved_at_step": None, "total_steps": 10000,
              "solved_at_wall_time_s": None, "wall_time_s": 9.0}]
     assert objective_value(runs, "best_return") == 200.0
     assert objective_value(runs, "final_return") == 60.0
-    assert objective_value(runs, "solved_at_step") == (4000 + 10000) / 2
+    assert objective_value(runs, "solved_at_step") == (4000 + 10001) / 2
+    # rollouts overshoot total_steps: solved at the final evaluation (10240) still beats never solved (10241)
+    late = {"solved_at_step": 10240, "steps_done": 10240, "total_steps": 10000}
+    never = {"solved_at_step": None, "steps_done": 10240, "total_steps": 10000}
+    assert objective_value([late], "solved_at_step") < objective_value([never], "solved_at_step") == 10241
     assert objective_value(runs, "solved_at_wall_time_s") == (2.0 + 9.0) / 2
     assert math.isnan(objective_value([{"best_return_mean": None}], "best_return"))
+
+
+def test_sweeper_direction_must_suit_the_metric():
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction
+
+    check_direction("best_return", "maximize")
+    check_direction("solved_at_step", Direction.minimize)
+    check_direction("final_return", None)  # grid sweeps have no direction
+    with pytest.raises(ValueError, match="set hydra.sweeper.direction=maximize"):
+        check_direction("best_return", Direction.minimize)  # the Optuna sweeper's default
+    with pytest.raises(ValueError, match="set hydra.sweeper.direction=minimize"):
+        check_direction("solved_at_wall_time_s", "maximize")
 
 
 def _fake_job(sweep: Path, name: str, overrides: list[str], seed: int, best: float, final: float,
@@ -122,6 +138,18 @@ def test_joblib_multirun_of_four_jobs_writes_four_summaries_and_the_sweep_summar
 
 
 @pytest.mark.slow  # ~25 s, mostly submitit starting its workers
+def test_a_failed_job_still_leaves_the_sweep_summary_of_the_others(tmp_path):
+    """Hydra's sweeper raises on a failed job before its multirun end: the summary is kept after every job."""
+    sweep_dir = tmp_path / "sweep"
+    args = [str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", "algo=sac,dqn", *TINY_DQN]  # SAC cannot act in CartPole
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode != 0 and "needs a continuous" in proc.stdout + proc.stderr
+    rows = read_csv(sweep_dir / "sweep_summary.csv")
+    assert len(rows) == 1 and rows[0]["runs"] == "1" and rows[0]["statuses"] == "completed"
+    assert not (tmp_path / "sweep_summary.csv").exists()  # written in the sweep dir, not above it
+
+
 def test_submitit_local_multirun_of_two_jobs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     multirun(sweep_dir, "hydra/launcher=submitit_local", "algo=dqn", "seed=0,1", *TINY_DQN)

@@ -239,6 +239,9 @@ def test_freeze_with_unfreeze_survives_resume_bit_exactly(source, tmp_path):
         run.train()
     at_cut = model(tmp_path / "cut")
     assert torch.equal(at_cut["actor.body.2.weight"], src["actor.body.2.weight"])  # still frozen at 128
+    without_transfer = [a for a in args if not a.startswith("transfer")]
+    with pytest.raises(CheckpointError, match="transfer=freeze run"):
+        build_run(tmp_path / "cut", *without_transfer, "resume=auto")
     resumed = build_run(tmp_path / "cut", *args, "resume=auto")
     assert not resumed.agent.actor.body[0].weight.requires_grad
     resumed.train()
@@ -287,6 +290,10 @@ def test_metrics_against_hand_computed_curves(tmp_path, capsys):
     assert "| good |" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.json").read_text())["groups"]["good"]["mean"]["area_ratio"][0] == \
         pytest.approx((0.375 + 1.5) / 2)
+    (tmp_path / "broken" / "s1").mkdir(parents=True)
+    (tmp_path / "broken" / "s1" / "evaluations.csv").write_text("step,wall_time_s,return_mean\n10,1.0,\n")
+    assert main(["--scratch", str(tmp_path / "scratch"), "--transfer", str(tmp_path / "broken")]) == 2
+    assert "not a readable evaluations.csv" in capsys.readouterr().err
     _write_run(tmp_path / "lonely" / "s9", 9, steps, [0, 0, 0])
     assert main(["--scratch", str(tmp_path / "scratch"), "--transfer", str(tmp_path / "lonely")]) == 2
     assert "same seed" in capsys.readouterr().err
