@@ -209,6 +209,8 @@ class Run:
         seed_everything(cfg.seed)
         probe = make_env(cfg.env)
         check_action_space(self.algo_name, probe.action_space, cfg.env.id)
+        if cfg.env.reward_threshold is None and probe.spec is not None:  # any id: the registry's threshold
+            cfg.env.reward_threshold = probe.spec.reward_threshold
         probe.close()
         num_envs = int(getattr(cfg.algo, "num_envs", 1))
         if num_envs <= 0:

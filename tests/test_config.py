@@ -18,7 +18,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-ENVS = options("env")
+ENVS = [env for env in options("env") if env != "gym"]  # gym names no env: env.id is the user's
 ALGOS = options("algo")
 
 
@@ -95,6 +95,31 @@ def test_env_kwargs_pass_through():
     env = make_env(typed.env)
     assert env.unwrapped.gravity == -5.0
     env.close()
+
+
+def test_any_gymnasium_id_through_env_gym_takes_its_registry_threshold(tmp_path):
+    from rlrun.run import Run
+
+    with pytest.raises(Exception, match="env.id"):
+        OmegaConf.to_object(compose(["env=gym"]))
+    cfg = compose(["env=gym", "env.id=MountainCar-v0", "algo=dqn", "total_steps=8", "log.tensorboard=false",
+                   "log.progress=none"])
+    run = Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg))
+    assert run.cfg.env.reward_threshold == -110.0  # Gymnasium's, for solved_at_* in summary.json
+    run.close()
+
+
+def test_a_network_preset_on_the_command_line_replaces_the_tuned_network():
+    def network(*overrides: str) -> tuple[list[int], str]:
+        cfg = OmegaConf.to_object(compose(["algo=ppo", "env=cartpole", *overrides]))
+        return list(cfg.network.hidden), cfg.network.activation.value
+
+    assert network() == ([64, 64], "tanh")  # conf/tuned/ppo_cartpole.yaml
+    assert network("network=large") == ([400, 300], "relu")
+    assert network("network=mlp") == ([256, 256], "relu")
+    assert network("network=large", "network.hidden=[32]") == ([32], "relu")
+    cfg = OmegaConf.to_object(compose(["algo=ppo", "env=acrobot"]))  # no tuned pair: the schema's MLP
+    assert (list(cfg.network.hidden), cfg.network.activation.value) == ([256, 256], "relu")
 
 
 def test_async_vectorization_composes():
