@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rlrun.config import compose  # noqa: E402
+from rlrun.networks import has_native_bf16  # noqa: E402
 from rlrun.run import Run  # noqa: E402
 
 # name → (rl-zoo preset, env steps to time, warm-up steps before timing[, extra overrides])
@@ -53,6 +54,20 @@ ZOO: dict[str, tuple] = {
 }
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector instructions torch uses on it (the bf16 rows need AVX512-BF16/AMX)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "hardware bf16" if has_native_bf16(torch.device("cpu")) else "no hardware bf16"
+    return f"{name} ({platform.machine()}, torch {torch.backends.cpu.get_cpu_capability()}, {bf16})"
 
 
 def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
@@ -230,7 +245,7 @@ def solve_row(label: str, results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algos", default=",".join(ZOO))
+    parser.add_argument("--algos", default=None, help=f"from {','.join(ZOO)} (default: all this CPU can run)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-sb3", action="store_true")
     parser.add_argument("--solve", action="store_true", help="also time-to-solve with rlrun's presets")
@@ -243,7 +258,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    algos = [a for a in args.algos.split(",") if a]
+    bf16_ok = has_native_bf16(torch.device("cpu"))
+    if args.algos is None:  # the *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it)
+        algos = [a for a in ZOO if bf16_ok or not a.endswith("_bf16")]
+    else:
+        algos = [a for a in args.algos.split(",") if a]
+    if unknown := [a for a in algos if a not in ZOO]:
+        parser.error(f"--algos: unknown {unknown}; choose from {','.join(ZOO)}")
+    if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
+        parser.error(f"--algos {','.join(emulated)}: this CPU ({cpu_model()}) has no hardware bfloat16")
     try:
         import stable_baselines3  # noqa: F401
 
@@ -255,7 +278,7 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
 
     lines = [f"# rlrun benchmark — {dt.date.today().isoformat()}", "",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s) for "
+             f"Machine: {cpu_model()}, {torch.get_num_threads()} torch thread(s) for "
              f"both libraries, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
              f"alternating measurements in one process.", "",

@@ -97,12 +97,32 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     return total
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX on a CPU, Ampere+ on CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True
+
+
+def check_bf16(device: torch.device) -> None:
+    """`algo.bf16=true` on hardware without bfloat16 matmuls is refused: there they are emulated and slow."""
+    if not has_native_bf16(device):
+        capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name()
+        raise ValueError(
+            f"algo.bf16=true needs hardware bfloat16 matrix multiplies (AVX512-BF16 or AMX on a CPU, an Ampere or "
+            f"newer GPU); this {device.type} ({capability}) emulates them, 27-63× slower than fp32 (measured on an "
+            f"AVX2 AMD EPYC). Leave algo.bf16=false here.")
+
+
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """Hidden-layer matmuls in bfloat16 (fp32 weights, optimizer, output layers and losses; see MLP.forward).
 
-    On this project's CPUs (AVX512-BF16) a [256, 400] × [400, 300] matmul runs at ~160-184 GFLOP/s in
-    bf16 against ~80 in fp32 (measured), and the update of the replay-based algorithms (DQN, DDPG, TD3, SAC) is
-    almost all matmul. The cast cache is off: an update steps the optimizer between forwards inside one block,
+    On a CPU with AVX512-BF16 a [256, 400] × [400, 300] matmul ran at ~160-184 GFLOP/s in bf16 against ~80 in
+    fp32 (measured), and the update of the replay-based algorithms (DQN, DDPG, TD3, SAC) is almost all matmul.
+    Without hardware bf16 (AVX2 only) the same matmul ran at 3 GFLOP/s: `Run` refuses the option there
+    (`check_bf16`). The cast cache is off: an update steps the optimizer between forwards inside one block,
     and a cached bf16 copy would keep the weights from before the step (a copy cast under no_grad would also
     carry no gradient).
     """

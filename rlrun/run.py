@@ -23,6 +23,7 @@ from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
+from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
 
 EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation start states apart from the training envs' seeds
@@ -199,6 +200,8 @@ class Run:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
+        if getattr(cfg.algo, "bf16", False):
+            check_bf16(self.device)
         self.resume_from = find_resume_checkpoint(cfg.resume, self.run_dir)
         if cfg.resume is None:
             refuse_to_overwrite(self.run_dir)

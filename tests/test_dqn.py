@@ -109,3 +109,35 @@ def test_bf16_autocast_sees_weights_stepped_inside_the_block_and_keeps_gradients
         after.sum().backward()
     assert not torch.allclose(before, after)
     assert net.body[0].weight.grad is not None and net.body[0].weight.grad.abs().sum() > 0
+
+
+def test_bf16_is_refused_where_the_hardware_emulates_it(monkeypatch):
+    from rlrun import networks
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not networks.has_native_bf16(cpu)
+    with pytest.raises(ValueError, match="algo.bf16=true needs hardware bfloat16"):
+        networks.check_bf16(cpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert networks.has_native_bf16(cpu)
+    networks.check_bf16(cpu)  # no error
+
+
+def test_bf16_from_the_command_line_runs_or_is_refused_as_this_cpu_allows(tmp_path):
+    from conftest import read_summary, rlrun
+
+    from rlrun.networks import has_native_bf16
+
+    run_dir = tmp_path / "run"
+    proc = rlrun(run_dir, "algo=td3", "env=pendulum", "total_steps=300", "algo.learning_starts=200",
+                 "algo.batch_size=32", "network.hidden=[32,32]", "eval.every_steps=0", "eval.episodes=1",
+                 "algo.bf16=true", check=False)
+    if has_native_bf16(torch.device("cpu")):
+        assert proc.returncode == 0, proc.stderr
+        assert read_summary(run_dir)["status"] == "completed"
+    else:
+        assert proc.returncode != 0
+        assert "algo.bf16=true needs hardware bfloat16" in proc.stderr and "Traceback" not in proc.stderr
+        assert not (run_dir / "checkpoints").exists()  # refused before anything was written

@@ -215,7 +215,7 @@ def test_discrete_env_is_refused_clearly(tmp_path, algo):
     assert "Traceback" not in message
 
 
-@pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.bf16=true"),
+@pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.target_noise=0.1"),
                                          ("sac", "algo.autotune=false")])
 def test_short_run_on_pendulum(tmp_path, algo, extra):
     run_dir = tmp_path / "run"
