@@ -141,3 +141,47 @@ def test_bf16_from_the_command_line_runs_or_is_refused_as_this_cpu_allows(tmp_pa
         assert proc.returncode != 0
         assert "algo.bf16=true needs hardware bfloat16" in proc.stderr and "Traceback" not in proc.stderr
         assert not (run_dir / "checkpoints").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_a_training_phase_equals_its_gradient_steps_taken_one_by_one(double):
+    """update() draws the phase's batches at once and runs the target network once over all of them; the
+    result must be the step-by-step algorithm's (same batches: one draw of 4×B indices = four draws of B)."""
+    import copy
+
+    import gymnasium as gym
+    import torch.nn.functional as F
+
+    from rlrun.algos.dqn import DQNAgent, DQNConfig, TDLoss, next_state_values, td_target
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.config import NetworkConfig
+    torch.manual_seed(0)
+    ctx = AgentContext(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(3),
+                       NetworkConfig(hidden=[32, 32]), torch.device("cpu"), 0, 1000, 1)
+    # MSE, a large learning rate and no clip: the weights depend on every target's value (Huber's linear part and
+    # Adam's first steps would make them depend on signs only)
+    agent = DQNAgent(DQNConfig(batch_size=16, train_freq=4, gradient_steps=-1, double=double, loss=TDLoss.mse,
+                               learning_rate=0.05, max_grad_norm=0.0), ctx)
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        agent.buffer.add(rng.normal(size=(1, 3)), rng.integers(0, 3, 1), rng.normal(size=1), rng.normal(size=(1, 3)),
+                         (rng.random(1) < 0.2).astype(np.float32))
+    agent.q_target.load_state_dict({k: v + 0.1 for k, v in agent.q.state_dict().items()})  # target ≠ online
+    reference = copy.deepcopy(agent)
+
+    metrics = agent.update()
+    for _ in range(4):  # the algorithm as written in the papers: sample, target, one gradient step
+        batch = reference.buffer.sample(16, reference.rng)
+        with torch.no_grad():
+            online_next = reference.q(batch.next_obs) if double else None
+            targets = td_target(batch.rewards, batch.terminated,
+                                next_state_values(reference.q_target(batch.next_obs), online_next), 0.99)
+        q_taken = reference.q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        reference.optimizer.zero_grad()
+        loss = F.mse_loss(q_taken, targets)
+        loss.backward()
+        reference.optimizer.step()
+    assert agent.n_updates == 4
+    torch.testing.assert_close(metrics["losses/td_loss"], loss.detach())
+    for (name, ours), theirs in zip(agent.q.state_dict().items(), reference.q.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
