@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -100,10 +103,24 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
 def has_native_bf16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX on a CPU, Ampere+ on CUDA)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # the default counts emulation (V100, T4)
     if device.type == "cpu":
+        if platform.machine().lower() in ("aarch64", "arm64"):  # Graviton3, Neoverse V1/V2: the BF16 extension
+            return "bf16" in _cpu_flags()
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return True
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags Linux lists in /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def check_bf16(device: torch.device) -> None:

@@ -123,6 +123,9 @@ def test_bf16_is_refused_where_the_hardware_emulates_it(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert networks.has_native_bf16(cpu)
     networks.check_bf16(cpu)  # no error
+    # a GPU counts only with hardware bf16 (Ampere+): torch's default also counts emulation (V100, T4)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not networks.has_native_bf16(torch.device("cuda"))
 
 
 def test_bf16_from_the_command_line_runs_or_is_refused_as_this_cpu_allows(tmp_path):

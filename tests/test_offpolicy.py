@@ -253,3 +253,29 @@ def test_zoo_presets_set_every_algo_field(preset, config_cls):
     cls = {"TD3Config": td3.TD3Config, "SACConfig": sac.SACConfig}[config_cls]
     written = yaml.safe_load((CONF_DIR / "experiment" / f"{preset}.yaml").read_text())["algo"]
     assert set(written) == {f.name for f in dataclasses.fields(cls)} - {"name"}
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+def test_bf16_update_learns_the_critic_on_any_cpu(algo):
+    """The bf16 update itself, below Run's hardware check (which refuses it where bf16 is emulated): finite
+    losses, fp32 weights, and weights that move."""
+    from omegaconf import OmegaConf
+
+    from rlrun.algos import ALGORITHMS
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.envs import EnvRunner, make_vec_env
+
+    cfg = OmegaConf.to_object(compose([f"algo={algo}", "env=pendulum", "algo.learning_starts=64",
+                                       "algo.batch_size=16", "network.hidden=[16,16]", "algo.bf16=true"]))
+    torch.manual_seed(0)
+    runner = EnvRunner(make_vec_env(cfg.env, 1), seed=0)
+    ctx = AgentContext(runner.single_observation_space, runner.single_action_space, cfg.network,
+                       torch.device("cpu"), 0, 200, 1)
+    agent = ALGORITHMS[algo].make_agent(cfg.algo, ctx)
+    critic_before = [p.detach().clone() for p in agent.critic.parameters()]
+    metrics = {}
+    while runner.global_step < 100:
+        metrics = agent.train_iteration(runner) or metrics
+    assert metrics and all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(agent.critic.parameters(), critic_before))
