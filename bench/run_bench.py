@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rlrun.config import compose  # noqa: E402
-from rlrun.networks import has_native_bf16  # noqa: E402
+from rlrun.networks import cpuinfo_field, has_native_bf16  # noqa: E402
 from rlrun.run import Run  # noqa: E402
 
 # name → (rl-zoo preset, env steps to time, warm-up steps before timing[, extra overrides])
@@ -58,14 +58,7 @@ SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("luna
 
 def cpu_model() -> str:
     """The CPU's model name and the vector instructions torch uses on it (the bf16 rows need AVX512-BF16/AMX)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpuinfo_field("model name") or platform.processor() or platform.machine()
     bf16 = "hardware bf16" if has_native_bf16(torch.device("cpu")) else "no hardware bf16"
     return f"{name} ({platform.machine()}, torch {torch.backends.cpu.get_cpu_capability()}, {bf16})"
 

@@ -106,21 +106,22 @@ def has_native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)  # the default counts emulation (V100, T4)
     if device.type == "cpu":
         if platform.machine().lower() in ("aarch64", "arm64"):  # Graviton3, Neoverse V1/V2: the BF16 extension
-            return "bf16" in _cpu_flags()
+            return "bf16" in (cpuinfo_field("Features") or "").split()
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return True
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU feature flags Linux lists in /proc/cpuinfo (empty where it cannot be read)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name: value` of Linux's /proc/cpuinfo ("model name", "Features"), None where it is absent."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
 
 
 def check_bf16(device: torch.device) -> None:

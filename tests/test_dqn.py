@@ -123,6 +123,12 @@ def test_bf16_is_refused_where_the_hardware_emulates_it(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert networks.has_native_bf16(cpu)
     networks.check_bf16(cpu)  # no error
+    # an aarch64 CPU by the BF16 extension in its /proc/cpuinfo Features (Graviton3, Neoverse V1/V2)
+    monkeypatch.setattr(networks.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(networks, "cpuinfo_field", lambda name: "fp asimd sve bf16" if name == "Features" else None)
+    assert networks.has_native_bf16(cpu)
+    monkeypatch.setattr(networks, "cpuinfo_field", lambda name: "fp asimd" if name == "Features" else None)
+    assert not networks.has_native_bf16(cpu)
     # a GPU counts only with hardware bf16 (Ampere+): torch's default also counts emulation (V100, T4)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert not networks.has_native_bf16(torch.device("cuda"))
