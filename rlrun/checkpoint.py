@@ -75,7 +75,6 @@ def load_buffer(checkpoint_path: Path, payload: dict[str, Any]) -> dict[str, np.
                               f"corrupt ({exc})") from None
 
 
-
 def _obs_norm_in(payload: dict[str, Any]) -> dict[str, np.ndarray] | None:
     stats = payload.get("obs_norm")
     if stats is None and isinstance(payload.get("agent_state"), dict):

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from rlrun.files import EvaluationsError, atomic_write_text, read_evaluations
+from rlrun.files import CheckpointError, EvaluationsError, atomic_write_text, read_evaluations
 
 EXIT_BAD_INPUT = 2
 
@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(markdown_table(result))
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        try:
+            atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        except (CheckpointError, OSError) as exc:  # a full disk, a read-only or missing folder: one line
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     return 0
 
 

@@ -149,8 +149,6 @@ def test_resume_from_a_run_directory_continues_into_a_new_one(tmp_path):
     assert steps == [1000, 2000, 3000, 4000, 5000, 6000]  # the first run's rows, then the continuation
 
 
-
-
 def test_rng_states_carry_the_cuda_generators_and_say_when_they_cannot_be_restored():
     from rlrun.run import rng_states, set_rng_states
 

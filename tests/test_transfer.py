@@ -297,6 +297,10 @@ def test_metrics_against_hand_computed_curves(tmp_path, capsys):
     _write_run(tmp_path / "lonely" / "s9", 9, steps, [0, 0, 0])
     assert main(["--scratch", str(tmp_path / "scratch"), "--transfer", str(tmp_path / "lonely")]) == 2
     assert "same seed" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")  # --json under a path that is a file: a one-line error, exit 2
+    assert main(["--scratch", str(tmp_path / "scratch"), "--transfer", f"good={tmp_path / 'good'}",
+                 "--json", str(tmp_path / "a_file" / "m.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_metric_helpers():
