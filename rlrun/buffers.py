@@ -71,9 +71,22 @@ class ReplayBuffer:
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of `arrays`, into a buffer of any capacity.
+
+        When the saved layout fits this capacity it is restored slot for slot (so a resumed run samples exactly
+        what the uninterrupted one would). Otherwise (a resume with another `buffer_size`) the transitions are
+        put in oldest-first order and the newest `capacity` of them are kept; the ring then continues after
+        them, so no slot past `size` is ever sampled unwritten and no new transition is dropped.
+        """
         pos, size = (int(v) for v in arrays["pos_size"])
-        if size > self.capacity or arrays["obs"].shape[1:] != tuple(self.obs.shape[1:]):
-            raise ValueError("the saved replay buffer does not fit this run's buffer (size or shape)")
+        if arrays["obs"].shape[1:] != tuple(self.obs.shape[1:]) or len(arrays["obs"]) != size:
+            raise ValueError("the saved replay buffer does not fit this run's buffer (observation shape)")
+        if (pos == size < self.capacity) or (size == self.capacity and pos < size):
+            order, self.pos = np.arange(size), pos
+        else:
+            oldest_first = np.roll(np.arange(size), -pos) if pos != size else np.arange(size)
+            order = oldest_first[-self.capacity:]
+            self.pos = len(order) % self.capacity
+        self.size = len(order)
         for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
-            getattr(self, name)[:size] = torch.as_tensor(arrays[name], device=self.device)
-        self.pos, self.size = pos, size
+            getattr(self, name)[:self.size] = torch.as_tensor(arrays[name][order], device=self.device)

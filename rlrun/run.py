@@ -387,6 +387,10 @@ class Run:
         if "run_state" not in payload:
             raise CheckpointError(f"cannot resume from {self.resume_from}: it holds weights only "
                                   f"(best.pt); resume from last.pt or the run directory")
+        saved_envs = len(payload["runner_state"]["env_headers"])
+        if saved_envs != self.runner.num_envs:
+            raise CheckpointError(f"cannot resume: {self.resume_from} ran {saved_envs} envs, this run has "
+                                  f"{self.runner.num_envs}; resume with algo.num_envs={saved_envs}")
         load_model_state(self.agent, payload["model"])
         self.agent.load_training_state(payload["agent_state"])
         buffer = load_buffer(self.resume_from, payload)

@@ -71,3 +71,26 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(getattr(restored, name), getattr(buffer, name))
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     assert torch.equal(buffer.sample(8, rng_a).obs, restored.sample(8, rng_b).obs)
+
+
+@pytest.mark.parametrize("old_capacity, added, new_capacity",
+                         [(4, 6, 8), (4, 6, 3), (4, 3, 2), (10, 5, 5), (10, 5, 3), (5, 5, 7), (6, 9, 6), (6, 6, 6)])
+def test_load_into_another_capacity_keeps_the_newest(old_capacity, added, new_capacity):
+    """A resume with another buffer_size: the newest transitions survive, in ring order, so later adds
+    overwrite the oldest, nothing unwritten is sampled and nothing new is dropped."""
+    buffer = make(capacity=old_capacity)
+    for value in range(1, added + 1):  # values 1.. (0 would look like an unwritten slot)
+        add_value(buffer, float(value))
+    restored = make(capacity=new_capacity)
+    restored.load_arrays(buffer.arrays())
+    later = 3
+    for value in range(added + 1, added + later + 1):
+        add_value(restored, float(value))
+    kept = min(min(added, old_capacity) + later, new_capacity)
+    assert restored.size == kept
+    assert sorted(restored.rewards[:kept].tolist()) == [float(v) for v in range(added + later - kept + 1,
+                                                                                   added + later + 1)]
+    assert restored.sample(1000, np.random.default_rng(0)).rewards.min() > 0.0
+    add_value(restored, 100.0)  # the next add replaces the oldest transition
+    assert min(restored.rewards[:restored.size].tolist()) == (added + later - kept + 2 if kept == new_capacity
+                                                             else added + later - kept + 1)

@@ -279,3 +279,26 @@ def test_bf16_update_learns_the_critic_on_any_cpu(algo):
     assert metrics and all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(agent.critic.parameters(), critic_before))
+
+
+@pytest.mark.parametrize("algo", ["dqn", "ddpg", "td3", "sac"])
+def test_agent_random_stream_is_not_env_zeros(algo):
+    """The agent's generator (warm-up actions, noise, replay sampling) is seeded from the run's seed but is
+    not env 0's stream: with the bare seed, Pendulum's warm-up actions were env 0's start states, rescaled."""
+    from gymnasium.utils.seeding import np_random
+    from omegaconf import OmegaConf
+
+    from rlrun.algos import ALGORITHMS
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.envs import EnvRunner, make_vec_env
+
+    env = "cartpole" if algo == "dqn" else "pendulum"
+    cfg = OmegaConf.to_object(compose([f"algo={algo}", f"env={env}", "network.hidden=[16]"]))
+    runner = EnvRunner(make_vec_env(cfg.env, 1), seed=3)
+    ctx = AgentContext(runner.single_observation_space, runner.single_action_space, cfg.network,
+                       torch.device("cpu"), 3, 200, 1)
+    draws = [ALGORITHMS[algo].make_agent(cfg.algo, ctx).rng.random(8) for _ in range(2)]
+    env_stream, _ = np_random(3)
+    assert np.array_equal(draws[0], draws[1])  # reproducible from the seed
+    assert not np.allclose(draws[0], env_stream.random(8))
+    assert not np.allclose(draws[0], np.random.default_rng(3).random(8))

@@ -149,6 +149,21 @@ def test_resume_from_a_run_directory_continues_into_a_new_one(tmp_path):
     assert steps == [1000, 2000, 3000, 4000, 5000, 6000]  # the first run's rows, then the continuation
 
 
+def test_resume_into_other_sizes(tmp_path):
+    """Another algo.num_envs cannot continue the saved episodes: refused before anything is written. Another
+    algo.buffer_size is taken: the newest transitions move into the new buffer (tests/test_buffers.py)."""
+    first = tmp_path / "first"
+    base = [o for o in overrides_for("dqn") if not o.startswith(("resume=", "total_steps="))]
+    rlrun(first, *base, "total_steps=3000")
+    proc = rlrun(tmp_path / "envs", *base, "total_steps=4000", "algo.num_envs=2", f"resume={first}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "ran 1 envs, this run has 2; resume with algo.num_envs=1" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "envs" / "checkpoints").exists()
+    for size in (1000, 5000):
+        rlrun(tmp_path / f"buffer{size}", *base, "total_steps=4000", f"algo.buffer_size={size}", f"resume={first}")
+        assert read_summary(tmp_path / f"buffer{size}")["steps_done"] == 4000
+
+
 def test_rng_states_carry_the_cuda_generators_and_say_when_they_cannot_be_restored():
     from rlrun.run import rng_states, set_rng_states
 

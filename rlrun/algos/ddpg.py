@@ -96,7 +96,7 @@ class DDPGAgent:
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
                                    ctx.device)
-        self.rng = np.random.default_rng(ctx.seed)
+        self.rng = ctx.agent_rng()
         self.noise = make_noise(cfg.noise, ctx.num_envs, n_act, cfg.noise_sigma, cfg.noise_theta, cfg.noise_dt,
                                 self.rng)
         self.gradient_steps = gradient_steps_per_phase(cfg.gradient_steps, cfg.train_freq, ctx.num_envs)

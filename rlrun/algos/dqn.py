@@ -107,7 +107,7 @@ class DQNAgent:
         self.q_target.requires_grad_(False)
         self.optimizer = make_adam(self.q.parameters(), cfg.learning_rate)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (), torch.int64, ctx.device)
-        self.rng = np.random.default_rng(ctx.seed)
+        self.rng = ctx.agent_rng()
         self.num_actions = action_dim(ctx.action_space)
         self.gradient_steps = (cfg.gradient_steps if cfg.gradient_steps >= 0
                                else cfg.train_freq * ctx.num_envs)

@@ -25,6 +25,15 @@ class AgentContext:
     total_steps: int
     num_envs: int
 
+    def agent_rng(self) -> np.random.Generator:
+        """The agent's own NumPy stream (random warm-up actions, ε-greedy, exploration noise, replay sampling).
+
+        A child of the run's seed, not the seed itself: training env i is seeded with seed + i, so a generator
+        built from the bare seed would draw env 0's numbers (on Pendulum the warm-up actions were env 0's start
+        states, rescaled). `SeedSequence.spawn` gives a stream that is independent by construction.
+        """
+        return np.random.default_rng(np.random.SeedSequence(self.seed).spawn(1)[0])
+
 
 class Agent(Protocol):
     """What the run loop needs from an algorithm."""

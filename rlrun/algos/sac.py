@@ -157,7 +157,7 @@ class SACAgent:
         self.target_entropy = float(-n_act if cfg.target_entropy is None else cfg.target_entropy)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
                                    ctx.device)
-        self.rng = np.random.default_rng(ctx.seed)
+        self.rng = ctx.agent_rng()
         self.gradient_steps = gradient_steps_per_phase(cfg.gradient_steps, cfg.train_freq, ctx.num_envs)
         self.n_updates = 0
 
