@@ -78,6 +78,9 @@ class ReplayBuffer:
         put in oldest-first order and the newest `capacity` of them are kept; the ring then continues after
         them, so no slot past `size` is ever sampled unwritten and no new transition is dropped.
         """
+        missing = {"obs", "next_obs", "actions", "rewards", "terminated", "pos_size"} - arrays.keys()
+        if missing:
+            raise ValueError(f"the saved replay buffer lacks {', '.join(sorted(missing))}")
         pos, size = (int(v) for v in arrays["pos_size"])
         if arrays["obs"].shape[1:] != tuple(self.obs.shape[1:]) or len(arrays["obs"]) != size:
             raise ValueError("the saved replay buffer does not fit this run's buffer (observation shape)")

@@ -49,15 +49,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        # torch.load does not check the zip members' CRCs: a flipped byte in a tensor would load as a wrong weight
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise CheckpointError(f"checkpoint {path} is corrupt: its member {damaged} fails its CRC check")
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"refused to load {path}: it contains objects other than tensors and plain "
                               f"data (weights_only=True rejected it; nothing in it was executed). "
                               f"Detail: {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  (whatever a damaged file makes torch's reader raise)
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"{path} is not an rlrun checkpoint (expected a dict with format={FORMAT!r})")
     return payload
 

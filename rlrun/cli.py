@@ -116,10 +116,12 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=12345, help="seed of the first evaluation episode")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--video", action="store_true", help="record MP4s of the episodes into the run directory")
+    parser.add_argument("--import-env-module", action="store_true",
+                        help="allow an env.id of the form module:EnvId from the checkpoint (imports that module)")
     args = parser.parse_args(argv)
     try:
         result = evaluate_checkpoint(Path(args.path), args.episodes, args.checkpoint, args.seed, args.device,
-                                     args.video)
+                                     args.video, args.import_env_module)
     except _bad_input_types() as exc:
         _error(str(exc))
         sys.exit(EXIT_BAD_INPUT)
@@ -127,7 +129,7 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 
 def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device: str,
-                        video: bool) -> dict[str, Any]:
+                        video: bool, import_env_module: bool = False) -> dict[str, Any]:
     from rlrun.algos import ALGORITHMS
     from rlrun.algos.protocol import AgentContext
     from rlrun.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, stored_obs_norm
@@ -148,6 +150,9 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
         ckpt, run_dir = path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
     payload = load_checkpoint(ckpt)
     cfg = config_from_checkpoint(payload)
+    if ":" in cfg.env.id and not import_env_module:  # a checkpoint is data: it must not choose code to import
+        raise CheckpointError(f"{ckpt} names env.id={cfg.env.id!r}, which would import the module before the ':' "
+                              f"(Gymnasium's module:EnvId form). If you trust that module, pass --import-env-module")
     env = make_env(cfg.env)
     # The training run's total_steps and num_envs: agents check their batch sizes against them.
     ctx = AgentContext(env.observation_space, env.action_space, cfg.network, resolve_device(Device(device)),

@@ -63,10 +63,13 @@ class MetricsLogger:
             self.writer.add_scalar("charts/episodic_length", episode_length, step)
 
     def state(self) -> dict[str, Any]:
-        return {"next_log": self._next_log}
+        # The metrics not yet written go with the checkpoint: an interrupted run does not write them at the
+        # interrupt step (a point the uninterrupted run never has); the resumed run writes them when due.
+        return {"next_log": self._next_log, "latest": {key: _scalar(value) for key, value in self._latest.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self._next_log = int(state["next_log"])
+        self._latest = dict(state.get("latest", {}))  # absent in checkpoints from before it was saved
 
     def close(self) -> None:
         if self.writer is not None:

@@ -131,10 +131,17 @@ def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=120)
+    except OSError as exc:
+        raise PlotError(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return drawn
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,11 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweep directories, or folders "
                         "holding them")
     parser.add_argument("-o", "--output", type=Path, default=Path("learning_curves.png"),
-                        help="PNG file to write (default learning_curves.png)")
+                        help="image to write: .png (default learning_curves.png), .pdf, .svg or .jpg")
     parser.add_argument("--x", dest="x_axis", choices=["steps", "wall"], default="steps",
                         help="x axis: environment steps (default) or wall-clock seconds")
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args(argv)
+    if args.output.suffix.lower() not in IMAGE_SUFFIXES:  # matplotlib picks the format from the suffix
+        parser.error(f"--output {args.output}: the file name must end in one of {', '.join(IMAGE_SUFFIXES)}")
     try:
         drawn = plot(args.paths, args.output, args.x_axis, args.title)
     except PlotError as exc:

@@ -15,10 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from rlrun.algos import ALGORITHMS, Agent, check_action_space
 from rlrun.algos.protocol import AgentContext
-from rlrun.checkpoint import CheckpointError, atomic_write_text, load_buffer, load_checkpoint, save_checkpoint
+from rlrun.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    atomic_write_text,
+    load_buffer,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator
@@ -169,14 +177,40 @@ def check_not_a_transfer_run(checkpoint: Path) -> None:
                               f"resume it with the same transfer=… options it was started with")
 
 
-def refuse_to_overwrite(run_dir: Path) -> None:
-    """A fresh run would truncate evaluations.csv and replace the checkpoints of a run already in `run_dir`."""
+def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:
+    """A fresh run, or another run's checkpoint continued here, would truncate evaluations.csv and replace the
+    checkpoints of a run already in `run_dir`."""
     earlier = [name for name in ("summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
                if (run_dir / name).exists()]
-    if earlier:
+    if not earlier:
+        return
+    if continuing is None:
         raise ValueError(f"{run_dir} already holds a run ({', '.join(earlier)}); a fresh run there would overwrite "
                          f"it. Continue it with resume={run_dir} (or resume=auto), or choose another "
                          f"hydra.run.dir.")
+    raise ValueError(f"{run_dir} already holds a run ({', '.join(earlier)}); continuing {continuing} there would "
+                     f"overwrite it. Choose another (new) hydra.run.dir, or resume=auto to continue the run that "
+                     f"is there.")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested YAML mapping as {"algo.learning_rate": 0.001, …}; empty mappings leave no entry."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    flat: dict[str, Any] = {}
+    for key, child in node.items():
+        flat.update(_flatten(child, f"{prefix}{key}."))
+    return flat
+
+
+def config_changes(saved_yaml: str, current_yaml: str, keys: tuple[str, ...]) -> list[str]:
+    """`name: saved → current` for each setting under `keys` ("seed", "env.id", "algo") that differs between
+    two resolved configs (a checkpoint's and this run's)."""
+    saved, current = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(current_yaml) or {})
+    names = sorted(name for name in saved.keys() | current.keys()
+                   if any(name == key or name.startswith(f"{key}.") for key in keys))
+    return [f"{name}: {saved.get(name)} → {current.get(name)}" for name in names
+            if saved.get(name) != current.get(name)]
 
 
 class Run:
@@ -205,9 +239,12 @@ class Run:
         self.resume_from = find_resume_checkpoint(cfg.resume, self.run_dir)
         if cfg.resume is None:
             refuse_to_overwrite(self.run_dir)
+        elif self.resume_from is not None and not self._resumes_in_place():
+            refuse_to_overwrite(self.run_dir, continuing=self.resume_from)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = RunState()
         self._stop_signal: int | None = None
+        self.resume_changes: list[str] = []  # algo.* settings a resume changed (reported, allowed)
 
         seed_everything(cfg.seed)
         probe = make_env(cfg.env)
@@ -238,7 +275,11 @@ class Run:
                 self.transfer.resume(self.resume_from.parent.parent, self.run_dir, int(resume_payload["step"]))
             else:
                 check_not_a_transfer_run(self.resume_from)
-            self._restore(resume_payload)
+            try:
+                self._restore(resume_payload)
+            except (KeyError, TypeError, IndexError, AttributeError) as exc:  # readable, but not a whole run state
+                raise CheckpointError(f"{self.resume_from} does not hold a whole rlrun run state ({type(exc).__name__}: "
+                                      f"{exc}); it is damaged or was not written by rlrun's training loop") from None
         else:
             self.state.next_eval = cfg.eval.every_steps
             self.state.next_checkpoint = cfg.checkpoint.every_steps
@@ -252,8 +293,12 @@ class Run:
             csv_length = int(resume_payload["run_state"]["csv_length"])
             source_csv = self.resume_from.parent.parent / "evaluations.csv"
             target_csv = self.run_dir / "evaluations.csv"
-            if source_csv.exists() and source_csv.resolve() != target_csv.resolve():
-                shutil.copyfile(source_csv, target_csv)  # resuming another run's directory: carry its rows
+            if not self._resumes_in_place():  # continuing another run's checkpoint here: carry its rows and best.pt
+                if source_csv.exists():
+                    shutil.copyfile(source_csv, target_csv)
+                source_best = self.resume_from.parent / "best.pt"
+                if source_best.exists():
+                    atomic_write(self.ckpt_dir / "best.pt", lambda handle: handle.write(source_best.read_bytes()))
         self.csv = EvaluationsCsv(self.run_dir / "evaluations.csv", resume_length=csv_length)
         start_step = self.runner.global_step
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, cfg.log.every_steps,
@@ -265,7 +310,21 @@ class Run:
         self._session_start = time.monotonic()
         self._session_start_step = start_step
         if resume_payload is not None:
-            self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}")
+            self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}"
+                                  + (f", with changed settings: {'; '.join(self.resume_changes)}"
+                                     if self.resume_changes else ""))
+
+    def _resumes_in_place(self) -> bool:
+        """Whether the checkpoint being resumed is this run directory's own (resume=auto or resume=RUN_DIR)."""
+        return self.resume_from is not None and self.resume_from.parent.parent.resolve() == self.run_dir.resolve()
+
+    def _already_stopped(self) -> bool:
+        """A resumed run that stop_at_return had stopped stays stopped (as a completed one stays complete), so the
+        same command can be requeued; raising or dropping stop_at_return continues it."""
+        state, threshold = self.state, self.cfg.stop_at_return
+        return (threshold is not None and state.final_return_mean is not None
+                and state.last_eval_step == self.runner.global_step < self.cfg.total_steps
+                and state.final_return_mean >= threshold)
 
     # -- the loop --------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -273,10 +332,10 @@ class Run:
 
     def train(self) -> dict[str, Any]:
         cfg, runner, agent = self.cfg, self.runner, self.agent
-        status, error = "completed", None
+        status, error = ("stopped" if self._already_stopped() else "completed"), None
         previous_handlers = self._install_signal_handlers()
         try:
-            while runner.global_step < cfg.total_steps:
+            while status != "stopped" and runner.global_step < cfg.total_steps:
                 metrics = agent.train_iteration(runner)
                 step = runner.global_step
                 if self.transfer is not None:
@@ -303,7 +362,7 @@ class Run:
                 if self._stop_signal is not None:
                     status = "interrupted"
                     break
-            if self.logger.pending():
+            if status != "interrupted" and self.logger.pending():
                 self.logger.flush_latest(runner.global_step,
                                          {"charts/sps": self.progress.steps_per_second(runner.global_step)})
             if status != "interrupted" and self.state.last_eval_step != runner.global_step:
@@ -387,6 +446,15 @@ class Run:
         if "run_state" not in payload:
             raise CheckpointError(f"cannot resume from {self.resume_from}: it holds weights only "
                                   f"(best.pt); resume from last.pt or the run directory")
+        saved_config = str(payload.get("config") or "")
+        if saved_config:
+            fixed = config_changes(saved_config, self.config_yaml,
+                                   ("seed", "env.id", "env.kwargs", "env.max_episode_steps"))
+            if fixed:
+                raise CheckpointError(f"cannot resume {self.resume_from} with another {'; '.join(fixed)}: its saved "
+                                      f"episodes and random streams belong to the settings it was started with. "
+                                      f"Resume with those, or start a fresh run (transfer=… can start from it)")
+            self.resume_changes = config_changes(saved_config, self.config_yaml, ("algo",))
         saved_envs = len(payload["runner_state"]["env_headers"])
         if saved_envs != self.runner.num_envs:
             raise CheckpointError(f"cannot resume: {self.resume_from} ran {saved_envs} envs, this run has "

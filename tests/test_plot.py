@@ -104,3 +104,14 @@ def test_rlrun_plot_fails_clearly_on_an_unreadable_evaluations_csv(tmp_path, con
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "not a readable evaluations.csv" in proc.stderr and str(run) in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["curves.xyz", "curves", "/proc/curves.png"])
+def test_rlrun_plot_fails_clearly_on_an_output_it_cannot_write(sweep, tmp_path, name):
+    """An unknown image suffix (or none: matplotlib would add .png behind the user's back) is a usage error;
+    an unwritable path is a one-line error."""
+    output = name if name.startswith("/") else str(tmp_path / name)
+    proc = subprocess.run([str(BIN / "rlrun-plot"), str(sweep), "-o", output], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and output in proc.stderr
+    assert not list(tmp_path.glob("curves*"))

@@ -110,7 +110,7 @@ def test_kill_9_then_resume_with_async_envs_is_bit_identical(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, signum):
-    overrides = overrides_for("dqn")
+    overrides = [o for o in overrides_for("dqn") if o != "log.tensorboard=false"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     rlrun(reference, *overrides)
     proc = start(resumed, overrides)
@@ -129,6 +129,22 @@ def test_signal_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, sign
     rlrun(resumed, *overrides)
     assert read_summary(resumed)["status"] == "completed"
     assert_same_run(reference, resumed)
+    # TensorBoard too: no extra point at the interrupt step (the pending metrics went into the checkpoint)
+    ref_tb, res_tb = tensorboard_points(reference), tensorboard_points(resumed)
+    assert ref_tb.keys() == res_tb.keys() and "losses/td_loss" in ref_tb
+    for tag in ref_tb:
+        assert res_tb[tag] == ref_tb[tag], tag
+
+
+def tensorboard_points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) per scalar tag, after TensorBoard's purge of points a resumed run replaced; wall-clock
+    tags (charts/sps) are left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if tag != "charts/sps"}
 
 
 def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
@@ -147,6 +163,49 @@ def test_resume_from_a_run_directory_continues_into_a_new_one(tmp_path):
     assert summary["steps_done"] == 6000
     steps = [int(step) for step, _ in evaluation_columns(second)[1:]]
     assert steps == [1000, 2000, 3000, 4000, 5000, 6000]  # the first run's rows, then the continuation
+    third = tmp_path / "third"  # continued with nothing left to do: best.pt can only be the first run's
+    rlrun(third, *base, "total_steps=3000", f"resume={first}")
+    assert (third / "checkpoints" / "best.pt").read_bytes() == (first / "checkpoints" / "best.pt").read_bytes()
+
+
+def test_continuing_a_run_into_a_directory_that_holds_another_is_refused(tmp_path):
+    source, victim = tmp_path / "source", tmp_path / "victim"
+    base = [o for o in overrides_for("dqn") if not o.startswith(("resume=", "total_steps="))]
+    rlrun(source, *base, "total_steps=2000")
+    rlrun(victim, *base, "total_steps=1000", "seed=4")
+    before = {path: path.read_bytes() for path in victim.rglob("*") if path.is_file() and ".hydra" not in path.parts}
+    proc = rlrun(victim, *base, "total_steps=3000", f"resume={source}", check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    after = {path: path.read_bytes() for path in victim.rglob("*") if path.is_file() and ".hydra" not in path.parts}
+    assert after == before
+
+
+def test_resume_refuses_another_seed_or_env_and_reports_changed_algo_settings(tmp_path):
+    first = tmp_path / "first"
+    base = [o for o in overrides_for("dqn") if not o.startswith(("resume=", "total_steps="))]
+    rlrun(first, *base, "total_steps=2000")
+    for change in ("seed=9", "env.max_episode_steps=100"):
+        proc = rlrun(tmp_path / "changed", *base, "total_steps=3000", change, f"resume={first}", check=False)
+        assert proc.returncode == 2 and "cannot resume" in proc.stderr and "Traceback" not in proc.stderr
+        assert change.split("=")[0] in proc.stderr
+    proc = rlrun(tmp_path / "lr", *base, "total_steps=3000", "algo.learning_rate=0.0001", f"resume={first}")
+    assert "changed settings: algo.learning_rate:" in proc.stdout
+
+
+def test_a_stopped_run_stays_stopped_when_the_same_command_is_requeued(tmp_path):
+    run_dir = tmp_path / "run"
+    base = [o for o in overrides_for("dqn") if not o.startswith("total_steps=")]
+    stop = [*base, "total_steps=3000", "stop_at_return=0"]  # any CartPole return ≥ 0: stops at the first eval
+    rlrun(run_dir, *stop)
+    first = read_summary(run_dir)
+    assert first["status"] == "stopped" and first["steps_done"] == 1000
+    rows, weights = evaluation_columns(run_dir), final_model(run_dir)
+    rlrun(run_dir, *stop)
+    assert read_summary(run_dir)["status"] == "stopped" and read_summary(run_dir)["steps_done"] == 1000
+    assert evaluation_columns(run_dir) == rows
+    assert all(torch.equal(weights[key], value) for key, value in final_model(run_dir).items())
+    rlrun(run_dir, *base, "total_steps=3000", "stop_at_return=null")  # without the stop it goes on
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps_done"] == 3000
 
 
 def test_resume_into_other_sizes(tmp_path):

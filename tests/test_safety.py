@@ -221,3 +221,50 @@ def test_foreign_config_with_target_is_never_instantiated(tmp_path):
     with pytest.raises(CheckpointError):  # an unknown key fails validation; nothing is instantiated
         config_from_checkpoint({"config": OmegaConf.to_yaml(OmegaConf.create(raw))})
     assert not marker.exists()
+
+
+def test_a_flipped_byte_in_a_weight_is_caught(tmp_path):
+    """torch.load does not check CRCs: without rlrun's check this file loads with a wrong weight."""
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    save_checkpoint(good, payload(1.0))
+    data = bytearray(good.read_bytes())
+    at = data.index(np.full(3, 1.0, dtype=np.float32).tobytes())  # the tensor's storage, stored uncompressed
+    data[at + 1] ^= 0x01
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="CRC"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"PK\x03\x04" + bytes(64)])
+def test_garbage_checkpoints_fail_clearly_through_the_clis(tmp_path, content):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(content)
+    proc = rlrun(tmp_path / "new", *TINY, f"resume={run_dir}", check=False, timeout=120)
+    assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([str(BIN / "rlrun-eval"), str(run_dir), "--checkpoint", "last"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_replay_buffer_file_without_its_arrays_is_a_clear_error():
+    from rlrun.buffers import ReplayBuffer
+
+    buffer = ReplayBuffer(4, (2,), (), torch.int64, torch.device("cpu"))
+    with pytest.raises(ValueError, match="lacks obs"):
+        buffer.load_arrays({"next_obs": np.zeros((0, 2)), "actions": np.zeros(0), "rewards": np.zeros(0),
+                            "terminated": np.zeros(0), "pos_size": np.zeros(2, dtype=np.int64)})
+
+
+def test_rlrun_eval_does_not_import_a_module_a_checkpoint_names(tmp_path):
+    """Gymnasium imports `module` for an id `module:Env`: from a checkpoint that would be code chosen by data."""
+    run_dir = tmp_path / "run"
+    rlrun(run_dir, *TINY)
+    path = run_dir / "checkpoints" / "last.pt"
+    stored = torch.load(path, weights_only=True)
+    stored["config"] = stored["config"].replace("id: CartPole-v1", "id: this:CartPole-v1")
+    save_checkpoint(path, stored)
+    proc = subprocess.run([str(BIN / "rlrun-eval"), str(run_dir), "--checkpoint", "last"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "--import-env-module" in proc.stderr
+    assert "Beautiful is better than ugly" not in proc.stdout  # `import this` prints the Zen of Python
