@@ -17,6 +17,9 @@ class Batch(NamedTuple):
     """1.0 where the episode really ended (no bootstrap); truncated transitions are 0 here."""
 
 
+FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
+
 class ReplayBuffer:
     """A ring buffer of transitions.
 
@@ -62,13 +65,8 @@ class ReplayBuffer:
 
     # -- checkpointing: plain arrays, saved as .npz and loaded with allow_pickle=False ----------------
     def arrays(self) -> dict[str, np.ndarray]:
-        n = self.size
-        return {
-            "obs": self.obs[:n].cpu().numpy(), "next_obs": self.next_obs[:n].cpu().numpy(),
-            "actions": self.actions[:n].cpu().numpy(), "rewards": self.rewards[:n].cpu().numpy(),
-            "terminated": self.terminated[:n].cpu().numpy(),
-            "pos_size": np.array([self.pos, self.size], dtype=np.int64),
-        }
+        arrays = {name: getattr(self, name)[:self.size].cpu().numpy() for name in FIELDS}
+        return {**arrays, "pos_size": np.array([self.pos, self.size], dtype=np.int64)}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Inverse of `arrays`, into a buffer of any capacity.
@@ -78,18 +76,23 @@ class ReplayBuffer:
         put in oldest-first order and the newest `capacity` of them are kept; the ring then continues after
         them, so no slot past `size` is ever sampled unwritten and no new transition is dropped.
         """
-        missing = {"obs", "next_obs", "actions", "rewards", "terminated", "pos_size"} - arrays.keys()
+        missing = {*FIELDS, "pos_size"} - arrays.keys()
         if missing:
             raise ValueError(f"the saved replay buffer lacks {', '.join(sorted(missing))}")
         pos, size = (int(v) for v in arrays["pos_size"])
         if arrays["obs"].shape[1:] != tuple(self.obs.shape[1:]) or len(arrays["obs"]) != size:
             raise ValueError("the saved replay buffer does not fit this run's buffer (observation shape)")
         if (pos == size < self.capacity) or (size == self.capacity and pos < size):
-            order, self.pos = np.arange(size), pos
+            self.pos, self.size = pos, size  # the saved layout fits: slot for slot, no copy
+            rows = {name: arrays[name] for name in FIELDS}
         else:
-            oldest_first = np.roll(np.arange(size), -pos) if pos != size else np.arange(size)
-            order = oldest_first[-self.capacity:]
-            self.pos = len(order) % self.capacity
-        self.size = len(order)
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
-            getattr(self, name)[:self.size] = torch.as_tensor(arrays[name][order], device=self.device)
+            keep = min(size, self.capacity)
+            self.pos, self.size = keep % self.capacity, keep
+            rows = {name: _oldest_first(arrays[name], pos, size)[size - keep:] for name in FIELDS}
+        for name in FIELDS:
+            getattr(self, name)[:self.size] = torch.as_tensor(rows[name], device=self.device)
+
+
+def _oldest_first(rows: np.ndarray, pos: int, size: int) -> np.ndarray:
+    """A saved ring's rows in insertion order: a wrapped ring (pos != size) starts at pos."""
+    return np.concatenate([rows[pos:], rows[:pos]]) if pos != size else rows

@@ -141,22 +141,23 @@ def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | No
     return drawn
 
 
-IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlrun-plot", description="Learning curves (evaluation return) of "
                                      "rlrun runs, grouped by configuration: mean and ±1 std over seeds.")
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweep directories, or folders "
                         "holding them")
     parser.add_argument("-o", "--output", type=Path, default=Path("learning_curves.png"),
-                        help="image to write: .png (default learning_curves.png), .pdf, .svg or .jpg")
+                        help="image to write, format by suffix: .png (default learning_curves.png), .pdf, .svg, …")
     parser.add_argument("--x", dest="x_axis", choices=["steps", "wall"], default="steps",
                         help="x axis: environment steps (default) or wall-clock seconds")
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args(argv)
-    if args.output.suffix.lower() not in IMAGE_SUFFIXES:  # matplotlib picks the format from the suffix
-        parser.error(f"--output {args.output}: the file name must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()  # matplotlib picks the format from the suffix
+    if args.output.suffix.lower().lstrip(".") not in formats:
+        parser.error(f"--output {args.output}: the file name must end in an image format matplotlib writes "
+                     f"({', '.join('.' + name for name in formats)})")
     try:
         drawn = plot(args.paths, args.output, args.x_axis, args.title)
     except PlotError as exc:

@@ -144,6 +144,7 @@ class RunState:
     elapsed_before_s: float = 0.0
     next_eval: int = 0
     next_checkpoint: int = 0
+    stopped_at_step: int | None = None
 
 
 def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
@@ -175,6 +176,9 @@ def check_not_a_transfer_run(checkpoint: Path) -> None:
     if report is not None:
         raise CheckpointError(f"{checkpoint} belongs to a transfer={report['kind']} run (from {report['source']}); "
                               f"resume it with the same transfer=… options it was started with")
+
+
+RESUME_MAY_CHANGE = ("algo.buffer_size:",)  # a resume re-homes the replay buffer (ReplayBuffer.load_arrays)
 
 
 def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:
@@ -210,7 +214,11 @@ def config_changes(saved_yaml: str, current_yaml: str, keys: tuple[str, ...]) ->
     names = sorted(name for name in saved.keys() | current.keys()
                    if any(name == key or name.startswith(f"{key}.") for key in keys))
     return [f"{name}: {saved.get(name)} → {current.get(name)}" for name in names
-            if saved.get(name) != current.get(name)]
+            if not _same_value(saved.get(name), current.get(name))]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 class Run:
@@ -244,7 +252,7 @@ class Run:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = RunState()
         self._stop_signal: int | None = None
-        self.resume_changes: list[str] = []  # algo.* settings a resume changed (reported, allowed)
+        self.resume_changes: list[str] = []  # RESUME_MAY_CHANGE settings a resume changed (reported)
 
         seed_everything(cfg.seed)
         probe = make_env(cfg.env)
@@ -297,7 +305,7 @@ class Run:
                 if source_csv.exists():
                     shutil.copyfile(source_csv, target_csv)
                 source_best = self.resume_from.parent / "best.pt"
-                if source_best.exists():
+                if source_best.exists() and self._best_belongs_to(source_best, int(resume_payload["step"])):
                     atomic_write(self.ckpt_dir / "best.pt", lambda handle: handle.write(source_best.read_bytes()))
         self.csv = EvaluationsCsv(self.run_dir / "evaluations.csv", resume_length=csv_length)
         start_step = self.runner.global_step
@@ -318,13 +326,21 @@ class Run:
         """Whether the checkpoint being resumed is this run directory's own (resume=auto or resume=RUN_DIR)."""
         return self.resume_from is not None and self.resume_from.parent.parent.resolve() == self.run_dir.resolve()
 
+    @staticmethod
+    def _best_belongs_to(best: Path, step: int) -> bool:
+        """Whether `best` was saved at or before `step` (a run killed after a later best.pt has one from past its
+        last checkpoint: its return is not in the restored counters, and its evaluation row was dropped)."""
+        try:
+            return int(load_checkpoint(best).get("step", step + 1)) <= step
+        except CheckpointError:
+            return False
+
     def _already_stopped(self) -> bool:
         """A resumed run that stop_at_return had stopped stays stopped (as a completed one stays complete), so the
         same command can be requeued; raising or dropping stop_at_return continues it."""
         state, threshold = self.state, self.cfg.stop_at_return
-        return (threshold is not None and state.final_return_mean is not None
-                and state.last_eval_step == self.runner.global_step < self.cfg.total_steps
-                and state.final_return_mean >= threshold)
+        return (threshold is not None and state.stopped_at_step == self.runner.global_step
+                and state.final_return_mean is not None and state.final_return_mean >= threshold)
 
     # -- the loop --------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -350,6 +366,7 @@ class Run:
                     result = self.evaluate(step)
                     if cfg.stop_at_return is not None and result.return_mean >= cfg.stop_at_return:
                         status = "stopped"
+                        self.state.stopped_at_step = step
                         self.progress.message(f"eval mean {result.return_mean:.1f} ≥ stop_at_return="
                                               f"{cfg.stop_at_return}: stopping at step {step:,}")
                 if cfg.checkpoint.every_steps > 0 and step >= self.state.next_checkpoint:
@@ -448,13 +465,18 @@ class Run:
                                   f"(best.pt); resume from last.pt or the run directory")
         saved_config = str(payload.get("config") or "")
         if saved_config:
-            fixed = config_changes(saved_config, self.config_yaml,
-                                   ("seed", "env.id", "env.kwargs", "env.max_episode_steps"))
+            try:
+                changes = config_changes(saved_config, self.config_yaml,
+                                         ("seed", "env.id", "env.kwargs", "env.max_episode_steps", "algo"))
+            except yaml.YAMLError:
+                raise CheckpointError(f"{self.resume_from}'s stored config is not valid YAML") from None
+            self.resume_changes = [change for change in changes if change.startswith(RESUME_MAY_CHANGE)]
+            fixed = [change for change in changes if change not in self.resume_changes]
             if fixed:
-                raise CheckpointError(f"cannot resume {self.resume_from} with another {'; '.join(fixed)}: its saved "
-                                      f"episodes and random streams belong to the settings it was started with. "
-                                      f"Resume with those, or start a fresh run (transfer=… can start from it)")
-            self.resume_changes = config_changes(saved_config, self.config_yaml, ("algo",))
+                raise CheckpointError(
+                    f"cannot resume {self.resume_from} with another {'; '.join(fixed)}: its saved episodes, random "
+                    f"streams and optimizer state belong to the settings it was started with. Resume with those; "
+                    f"to go on with new ones, start a run with transfer=finetune transfer.source=<that run>")
         saved_envs = len(payload["runner_state"]["env_headers"])
         if saved_envs != self.runner.num_envs:
             raise CheckpointError(f"cannot resume: {self.resume_from} ran {saved_envs} envs, this run has "
@@ -466,8 +488,8 @@ class Run:
             self.agent.load_buffer_arrays(buffer)
         self.runner.load_state(_numpyise(payload["runner_state"]))
         run_state = payload["run_state"]
-        for key in vars(self.state):
-            setattr(self.state, key, run_state[key])
+        for key, default in vars(RunState()).items():  # a field added later reads as its default
+            setattr(self.state, key, run_state.get(key, default))
         set_rng_states(run_state["rng"])
 
     # -- signals, summary ----------------------------------------------------------------------------------

@@ -180,16 +180,17 @@ def test_continuing_a_run_into_a_directory_that_holds_another_is_refused(tmp_pat
     assert after == before
 
 
-def test_resume_refuses_another_seed_or_env_and_reports_changed_algo_settings(tmp_path):
+def test_resume_refuses_another_seed_env_or_algo_setting(tmp_path):
+    """The saved optimizer state, episodes and random streams belong to the original settings (a changed
+    learning rate, say, would be overwritten by the optimizer's saved one): refused, pointing to transfer."""
     first = tmp_path / "first"
     base = [o for o in overrides_for("dqn") if not o.startswith(("resume=", "total_steps="))]
     rlrun(first, *base, "total_steps=2000")
-    for change in ("seed=9", "env.max_episode_steps=100"):
+    for change in ("seed=9", "env.max_episode_steps=100", "algo.learning_rate=0.0001"):
         proc = rlrun(tmp_path / "changed", *base, "total_steps=3000", change, f"resume={first}", check=False)
         assert proc.returncode == 2 and "cannot resume" in proc.stderr and "Traceback" not in proc.stderr
-        assert change.split("=")[0] in proc.stderr
-    proc = rlrun(tmp_path / "lr", *base, "total_steps=3000", "algo.learning_rate=0.0001", f"resume={first}")
-    assert "changed settings: algo.learning_rate:" in proc.stdout
+        assert change.split("=")[0] in proc.stderr and "transfer=finetune" in proc.stderr
+        assert not (tmp_path / "changed" / "checkpoints").exists()
 
 
 def test_a_stopped_run_stays_stopped_when_the_same_command_is_requeued(tmp_path):
@@ -206,6 +207,10 @@ def test_a_stopped_run_stays_stopped_when_the_same_command_is_requeued(tmp_path)
     assert all(torch.equal(weights[key], value) for key, value in final_model(run_dir).items())
     rlrun(run_dir, *base, "total_steps=3000", "stop_at_return=null")  # without the stop it goes on
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps_done"] == 3000
+    # a completed run whose final evaluation passes the threshold was not stopped: more steps continue it
+    rlrun(run_dir, *base, "total_steps=4000", "stop_at_return=0")
+    assert read_summary(run_dir)["steps_done"] == 4000
+    assert [step for step, _ in evaluation_columns(run_dir)[1:]] == ["1000", "2000", "3000", "4000"]
 
 
 def test_resume_into_other_sizes(tmp_path):
@@ -216,10 +221,12 @@ def test_resume_into_other_sizes(tmp_path):
     rlrun(first, *base, "total_steps=3000")
     proc = rlrun(tmp_path / "envs", *base, "total_steps=4000", "algo.num_envs=2", f"resume={first}", check=False)
     assert proc.returncode == 2, proc.stderr
-    assert "ran 1 envs, this run has 2; resume with algo.num_envs=1" in proc.stderr
+    assert "cannot resume" in proc.stderr and "algo.num_envs: 1 → 2" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "envs" / "checkpoints").exists()
     for size in (1000, 5000):
-        rlrun(tmp_path / f"buffer{size}", *base, "total_steps=4000", f"algo.buffer_size={size}", f"resume={first}")
+        proc = rlrun(tmp_path / f"buffer{size}", *base, "total_steps=4000", f"algo.buffer_size={size}",
+                     f"resume={first}")
+        assert f"changed settings: algo.buffer_size: 3000 → {size}" in proc.stdout
         assert read_summary(tmp_path / f"buffer{size}")["steps_done"] == 4000
 
 
@@ -235,3 +242,22 @@ def test_rng_states_carry_the_cuda_generators_and_say_when_they_cannot_be_restor
     from_gpu = dict(states, torch_cuda=[torch.zeros(16, dtype=torch.uint8)])
     with pytest.warns(UserWarning, match="not bit-for-bit"):
         set_rng_states(from_gpu)
+
+
+def test_config_changes_compares_nested_settings_and_nans():
+    from rlrun.run import config_changes
+
+    saved = "seed: 1\nenv:\n  id: X\n  kwargs: {wind: .nan}\nalgo:\n  lr: 0.1\ntotal_steps: 5\n"
+    same_but_budget = saved.replace("total_steps: 5", "total_steps: 9")
+    assert config_changes(saved, same_but_budget, ("seed", "env", "algo")) == []  # NaN equals NaN here
+    changed = saved.replace("lr: 0.1", "lr: 0.2").replace("kwargs: {wind: .nan}", "kwargs: {wind: .nan, g: 2}")
+    assert config_changes(saved, changed, ("seed", "env", "algo")) == ["algo.lr: 0.1 → 0.2", "env.kwargs.g: None → 2"]
+
+
+def test_a_best_pt_from_past_the_checkpoint_is_not_carried(tmp_path):
+    from rlrun.checkpoint import save_checkpoint
+    from rlrun.run import Run
+
+    best = tmp_path / "best.pt"
+    save_checkpoint(best, {"model": {}, "step": 3000})
+    assert Run._best_belongs_to(best, 3000) and not Run._best_belongs_to(best, 2000)
