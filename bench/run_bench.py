@@ -1,7 +1,7 @@
 """`make bench`: rlrun's training throughput beside Stable-Baselines3 at the same (rl-zoo) hyperparameters.
 
-Everything is measured in this one process, side by side, with the same torch threads for both libraries
-(`--threads`, default 1):
+Everything is measured in this one process, side by side, with the same torch threads and the same device for
+both libraries (`--threads`, default 1; `--device`, default cpu):
   1. the raw env stepping rate (random actions, one env): the physical limit of one core;
   2. per algorithm, training throughput in env steps/s with evaluation off — for off-policy algorithms the
      training phase only (after `learning_starts`) — for rlrun and, when the `.[bench]` extra is installed,
@@ -11,7 +11,7 @@ Everything is measured in this one process, side by side, with the same torch th
 It writes a Markdown table to `bench/results.md` (or `--out`).
 
     python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve [--solve-algos ppo,dqn]] [--seeds 0,1,2]
-                                [--threads 1]
+                                [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ def cpu_model() -> str:
     return f"{name} ({platform.machine()}, torch {torch.backends.cpu.get_cpu_capability()}, {bf16})"
 
 
+def machine(device: str) -> str:
+    """The CPU, and the GPU when the bench trains on one."""
+    if device == "cuda":
+        return f"{cpu_model()} with {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return cpu_model()
+
+
 def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
     env = gym.make(env_id)
     env.reset(seed=0)
@@ -77,10 +84,10 @@ def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
 
 
 def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str],
-                     threads: int) -> tuple[float, str]:
+                     threads: int, device: str = "cpu") -> tuple[float, str]:
     """Env steps/s over `steps` after `warmup` steps, and the preset's env id."""
     cfg = compose([f"experiment={preset}", *extra, "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
-                   "log.progress=none", "device=cpu", f"torch_threads={threads}"])
+                   "log.progress=none", f"device={device}", f"torch_threads={threads}"])
     run = Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
     while run.runner.global_step < warmup:
         run.agent.train_iteration(run.runner)
@@ -92,7 +99,7 @@ def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: lis
     return rate, cfg.env.id
 
 
-def sb3_model(algo: str, seed: int = 0):
+def sb3_model(algo: str, seed: int = 0, device: str = "cpu"):
     """SB3 (sb3-contrib for TRPO) at rl-zoo's LunarLander settings (BENCHMARKS.md), or None where neither has
     the algorithm or sb3-contrib is not installed."""
     from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
@@ -103,13 +110,13 @@ def sb3_model(algo: str, seed: int = 0):
         return DQN("MlpPolicy", "LunarLander-v3", learning_rate=6.3e-4, batch_size=128, buffer_size=50_000,
                    learning_starts=0, gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
                    exploration_fraction=0.12, exploration_final_eps=0.1,
-                   policy_kwargs=dict(net_arch=[256, 256]), seed=seed, device="cpu")
+                   policy_kwargs=dict(net_arch=[256, 256]), seed=seed, device=device)
     if algo == "ppo":
         return PPO("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=16, seed=seed), n_steps=1024, batch_size=64,
-                   gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01, seed=seed, device="cpu")
+                   gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01, seed=seed, device=device)
     if algo == "a2c":
         return A2C("MlpPolicy", make_vec_env("LunarLander-v3", n_envs=8, seed=seed), gamma=0.995, n_steps=5,
-                   learning_rate=lambda progress: 8.3e-4 * progress, ent_coef=1e-5, seed=seed, device="cpu")
+                   learning_rate=lambda progress: 8.3e-4 * progress, ent_coef=1e-5, seed=seed, device=device)
     if algo == "trpo":
         try:
             from sb3_contrib import TRPO
@@ -119,10 +126,10 @@ def sb3_model(algo: str, seed: int = 0):
 
         # rl-zoo's `normalize: true` is VecNormalize with its defaults (observations and rewards).
         env = VecNormalize(make_vec_env("LunarLanderContinuous-v3", n_envs=2, seed=seed))
-        return TRPO("MlpPolicy", env, n_steps=1024, n_critic_updates=20, seed=seed, device="cpu")
+        return TRPO("MlpPolicy", env, n_steps=1024, n_critic_updates=20, seed=seed, device=device)
     if algo in ("td3", "sac"):
         env = gym.make("LunarLanderContinuous-v3")
-        kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=seed, device="cpu")
+        kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=seed, device=device)
         if algo == "td3":
             noise = NormalActionNoise(np.zeros(2), 0.1 * np.ones(2))
             return TD3("MlpPolicy", env, gamma=0.98, buffer_size=200_000, learning_rate=1e-3,
@@ -133,10 +140,10 @@ def sb3_model(algo: str, seed: int = 0):
     return None
 
 
-def sb3_throughput(algo: str, steps: int, warmup: int) -> float | None:
+def sb3_throughput(algo: str, steps: int, warmup: int, device: str = "cpu") -> float | None:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    model = sb3_model(algo)
+    model = sb3_model(algo, device=device)
     if model is None:
         return None
 
@@ -248,10 +255,14 @@ def main() -> None:
     parser.add_argument("--sb3-solve-timeout", type=float, default=None,
                         help="stop an SB3 time-to-solve run unsolved after this many seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both libraries")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where both libraries train (throughput rows; time-to-solve stays on the CPU)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
-    bf16_ok = has_native_bf16(torch.device("cpu"))
+    bf16_ok = has_native_bf16(torch.device(args.device))
     if args.algos is None:  # the *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it)
         algos = [a for a in ZOO if bf16_ok or not a.endswith("_bf16")]
     else:
@@ -259,7 +270,8 @@ def main() -> None:
     if unknown := [a for a in algos if a not in ZOO]:
         parser.error(f"--algos: unknown {unknown}; choose from {','.join(ZOO)}")
     if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
-        parser.error(f"--algos {','.join(emulated)}: this CPU ({cpu_model()}) has no hardware bfloat16")
+        parser.error(f"--algos {','.join(emulated)}: this {args.device} ({machine(args.device)}) has no hardware "
+                     f"bfloat16")
     try:
         import stable_baselines3  # noqa: F401
 
@@ -271,7 +283,7 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
 
     lines = [f"# rlrun benchmark — {dt.date.today().isoformat()}", "",
-             f"Machine: {cpu_model()}, {torch.get_num_threads()} torch thread(s) for "
+             f"Machine: {machine(args.device)}; training on {args.device}, {torch.get_num_threads()} torch thread(s) for "
              f"both libraries, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
              f"alternating measurements in one process.", "",
@@ -289,10 +301,10 @@ def main() -> None:
         extra = rest[0] if rest else []
         ours, theirs = [], []
         for _ in range(args.repeats):
-            rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads)
+            rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads, args.device)
             ours.append(rate)
             if have_sb3:
-                rate = sb3_throughput(algo.removesuffix("_bf16"), steps, warmup)
+                rate = sb3_throughput(algo.removesuffix("_bf16"), steps, warmup, args.device)
                 if rate is not None:
                     theirs.append(rate)
         ours_med = statistics.median(ours)
