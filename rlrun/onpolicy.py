@@ -501,7 +501,7 @@ def fit_critic(critic: nn.Module, optimizer: torch.optim.Optimizer, obs: torch.T
     """Regress V(s) on `returns` by MSE: `epochs` passes, full-batch steps or shuffled minibatches."""
     size = obs.shape[0]
     step = size if minibatch_size is None else minibatch_size
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=obs.device)
     for _ in range(epochs):
         order = torch.randperm(size, device=obs.device) if step < size else None
         for start in range(0, size, step):

@@ -545,7 +545,9 @@ def check_finite(metrics: dict[str, Any], agent: Agent) -> None:
     tensors = [value for key, value in metrics.items() if key.startswith("losses/")]
     if not tensors:
         return
-    values = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(()) for v in tensors])
+    # One device for the stack (the losses' own; Python floats join them there), then one host sync.
+    device = next((v.device for v in tensors if isinstance(v, torch.Tensor)), None)
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in tensors])
     if not bool(torch.isfinite(values).all()):
         bad = [key for key, value in metrics.items() if key.startswith("losses/")
                and not math.isfinite(float(value))]

@@ -123,7 +123,7 @@ class TD3Agent:
                                 self.rng)
         self.gradient_steps = gradient_steps_per_phase(cfg.gradient_steps, cfg.train_freq, ctx.num_envs)
         self.n_updates = 0
-        self.last_actor_loss = torch.zeros(())
+        self.last_actor_loss = torch.zeros((), device=ctx.device)  # a metric beside the device's losses
 
     @torch.inference_mode()
     def _policy(self, obs: np.ndarray) -> np.ndarray:
@@ -193,7 +193,7 @@ class TD3Agent:
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.n_updates = int(state["n_updates"])
-        self.last_actor_loss = torch.as_tensor(state["last_actor_loss"])
+        self.last_actor_loss = torch.as_tensor(state["last_actor_loss"], device=self.device)
         if self.noise is not None:
             self.noise.load_state(np.asarray(state["noise"]))
         self.rng.bit_generator.state = json.loads(state["rng"])
