@@ -51,6 +51,9 @@ ZOO: dict[str, tuple] = {
     "dqn_bf16": ("zoo_dqn_lunarlander", 4_000, 1_000, ["algo.bf16=true"]),
     "td3_bf16": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     "sac_bf16": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
+    # The update captured in CUDA graphs (algo.cuda_graphs=true, rlrun/cudagraph.py): --device cuda only.
+    "td3_graphs": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
+    "sac_graphs": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
 }
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
@@ -263,12 +266,15 @@ def main() -> None:
         parser.error("--device cuda: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
     bf16_ok = has_native_bf16(torch.device(args.device))
-    if args.algos is None:  # the *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it)
-        algos = [a for a in ZOO if bf16_ok or not a.endswith("_bf16")]
+    cuda = args.device == "cuda"
+    if args.algos is None:  # *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it), *_graphs CUDA
+        algos = [a for a in ZOO if (bf16_ok or not a.endswith("_bf16")) and (cuda or not a.endswith("_graphs"))]
     else:
         algos = [a for a in args.algos.split(",") if a]
     if unknown := [a for a in algos if a not in ZOO]:
         parser.error(f"--algos: unknown {unknown}; choose from {','.join(ZOO)}")
+    if not cuda and (graphed := [a for a in algos if a.endswith("_graphs")]):
+        parser.error(f"--algos {','.join(graphed)}: CUDA graphs need --device cuda")
     if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
         parser.error(f"--algos {','.join(emulated)}: this {args.device} ({machine(args.device)}) has no hardware "
                      f"bfloat16")
@@ -304,7 +310,7 @@ def main() -> None:
             rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads, args.device)
             ours.append(rate)
             if have_sb3:
-                rate = sb3_throughput(algo.removesuffix("_bf16"), steps, warmup, args.device)
+                rate = sb3_throughput(algo.removesuffix("_bf16").removesuffix("_graphs"), steps, warmup, args.device)
                 if rate is not None:
                     theirs.append(rate)
         ours_med = statistics.median(ours)

@@ -57,9 +57,16 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        return self.gather(torch.from_numpy(self.draw_indices(batch_size, rng)).to(self.device))
+
+    def draw_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Uniform row indices of a batch (also used by the CUDA-graph update, rlrun/cudagraph.py)."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        idx = torch.from_numpy(rng.integers(0, self.size, size=batch_size)).to(self.device)
+        return rng.integers(0, self.size, size=batch_size)
+
+    def gather(self, idx: torch.Tensor) -> Batch:
+        """The transitions at `idx` (a tensor on the buffer's device)."""
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
                      self.terminated[idx])
 

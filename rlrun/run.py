@@ -178,7 +178,8 @@ def check_not_a_transfer_run(checkpoint: Path) -> None:
                               f"resume it with the same transfer=… options it was started with")
 
 
-RESUME_MAY_CHANGE = ("algo.buffer_size:",)  # a resume re-homes the replay buffer (ReplayBuffer.load_arrays)
+# A resume re-homes the replay buffer (ReplayBuffer.load_arrays); the CUDA-graph update is the same update.
+RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:")
 
 
 def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:
@@ -244,6 +245,9 @@ class Run:
         self.device = resolve_device(cfg.device)
         if getattr(cfg.algo, "bf16", False):
             check_bf16(self.device)
+        if getattr(cfg.algo, "cuda_graphs", False) and cfg.transfer.kind != TransferKind.none:
+            raise ValueError("algo.cuda_graphs=true cannot be combined with transfer learning (a captured update "
+                             "would not see layers frozen or unfrozen, or regrouped learning rates); leave it off")
         self.resume_from = find_resume_checkpoint(cfg.resume, self.run_dir)
         if cfg.resume is None:
             refuse_to_overwrite(self.run_dir)

@@ -215,6 +215,21 @@ def test_discrete_env_is_refused_clearly(tmp_path, algo):
     assert "Traceback" not in message
 
 
+@pytest.mark.parametrize("algo, extra, needle", [
+    ("ddpg", "device=cpu", "algo.cuda_graphs=true needs device=cuda (this run trains on cpu)"),
+    ("td3", "device=cpu", "algo.cuda_graphs=true needs device=cuda (this run trains on cpu)"),
+    ("sac", "transfer=finetune", "algo.cuda_graphs=true cannot be combined with transfer learning"),
+])
+def test_cuda_graphs_refused_where_they_cannot_run(tmp_path, algo, extra, needle):
+    """The graphed update itself needs a GPU (tests/test_cuda.py); here: its clear refusals."""
+    proc = rlrun(tmp_path / "run", f"algo={algo}", "env=pendulum", "total_steps=100", "algo.cuda_graphs=true",
+                 extra, check=False)
+    message = proc.stderr + proc.stdout
+    assert proc.returncode == 2, message
+    assert needle in message and "Traceback" not in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.target_noise=0.1"),
                                          ("sac", "algo.autotune=false")])
 def test_short_run_on_pendulum(tmp_path, algo, extra):

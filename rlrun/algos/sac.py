@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from rlrun.algos.protocol import AgentContext
-from rlrun.buffers import ReplayBuffer
+from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.config import NetworkConfig
+from rlrun.cudagraph import GraphedUpdate, check_cuda_graphs
 from rlrun.envs import EnvRunner
 from rlrun.networks import MLP, bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
@@ -87,6 +88,8 @@ class SACConfig:
     """Critics whose minimum is used (2 = clipped double Q)."""
     bf16: bool = False
     """Update matmuls in bfloat16 (torch.autocast): faster on AVX512-BF16/AMX CPUs, less precise; off = fp32."""
+    cuda_graphs: bool = False
+    """Capture the update in CUDA graphs and replay it (device=cuda only; 7-8x faster updates on an H200)."""
 
 
 def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -160,6 +163,12 @@ class SACAgent:
         self.rng = ctx.agent_rng()
         self.gradient_steps = gradient_steps_per_phase(cfg.gradient_steps, cfg.train_freq, ctx.num_envs)
         self.n_updates = 0
+        self.graphed = None
+        if cfg.cuda_graphs:
+            check_cuda_graphs(ctx.device, cfg.bf16)
+            self.graphed = GraphedUpdate(self, self.update, self.buffer, cfg.batch_size,
+                                         [optimizer for optimizer, _ in self.optimizers()],
+                                         phases=cfg.target_update_interval, state_tensors=(self.log_alpha,))
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
         pairs = [(self.actor_optimizer, self.cfg.actor_lr), (self.critic_optimizer, self.cfg.critic_lr)]
@@ -198,12 +207,13 @@ class SACAgent:
             self.set_learning_rates(runner.global_step)
             with bf16_autocast(self.device, cfg.bf16):
                 for _ in range(self.gradient_steps):
-                    metrics = self.update()
+                    metrics = self.update() if self.graphed is None else self.graphed()
         return metrics
 
-    def update(self) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch | None = None) -> dict[str, torch.Tensor]:
+        """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
-        batch = self.buffer.sample(cfg.batch_size, self.rng)
+        batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
         actions_pi, log_prob_pi = self.actor.sample(batch.obs)
         alpha = self.log_alpha.detach().exp()
         metrics: dict[str, torch.Tensor] = {}
