@@ -160,6 +160,8 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     env.close()
     if cfg.algo.name not in ALGORITHMS:
         raise CheckpointError(f"{ckpt} was written by an unknown algorithm {cfg.algo.name!r}")
+    if getattr(cfg.algo, "cuda_graphs", False):
+        cfg.algo.cuda_graphs = False  # evaluation runs no update: a CUDA-graphs run evaluates on any device
     agent = ALGORITHMS[cfg.algo.name].make_agent(cfg.algo, ctx)
     load_model_state(agent, payload["model"])
     obs_norm = observation_normalizer(agent)

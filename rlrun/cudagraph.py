@@ -33,7 +33,8 @@ WARMUP_ROUNDS = 2  # warm-up updates per phase before capture (cuBLAS handles, a
 
 def check_cuda_graphs(device: torch.device, bf16: bool) -> None:
     if device.type != "cuda":
-        raise ValueError(f"algo.cuda_graphs=true needs device=cuda (this run trains on {device.type})")
+        raise ValueError(f"algo.cuda_graphs=true needs device=cuda (this run trains on {device.type}); a run "
+                         f"trained with it resumes here with algo.cuda_graphs=false")
     if bf16:
         raise ValueError("algo.cuda_graphs=true and algo.bf16=true cannot be combined (autocast caches are not "
                          "capturable); choose one")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from conftest import read_summary, rlrun
 from rlrun import CONF_DIR
 from rlrun.algos.sac import SquashedGaussianActor, sac_target, squashed_log_prob, temperature_loss
 from rlrun.algos.td3 import smoothed_target_actions, td3_target
+from rlrun.cli import eval_main
 from rlrun.config import NetworkConfig, compose
 from rlrun.networks import polyak_update
 from rlrun.offpolicy import ActionScaler, Critics, OrnsteinUhlenbeckNoise
@@ -228,6 +230,30 @@ def test_cuda_graphs_refused_where_they_cannot_run(tmp_path, algo, extra, needle
     assert proc.returncode == 2, message
     assert needle in message and "Traceback" not in message
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_cuda_graphs_checkpoint_evaluates_and_resumes_on_a_cpu(tmp_path, capsys):
+    """A checkpoint written with algo.cuda_graphs=true (simulated: a CPU run's stored config says so) is
+    evaluated by rlrun-eval on a CPU, and resumes there with algo.cuda_graphs=false (or is refused clearly)."""
+    run_dir = tmp_path / "run"
+    common = ["algo=td3", "env=pendulum", "algo.learning_starts=100", "checkpoint.every_steps=200", "device=cpu"]
+    rlrun(run_dir, *common, "total_steps=200")
+    last = run_dir / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    assert "cuda_graphs: false" in payload["config"]
+    payload["config"] = payload["config"].replace("cuda_graphs: false", "cuda_graphs: true")
+    torch.save(payload, last)
+
+    capsys.readouterr()
+    eval_main([str(run_dir), "--checkpoint", "last", "--device", "cpu", "--episodes", "1"])
+    assert json.loads(capsys.readouterr().out)["step"] == 200
+
+    refused = rlrun(tmp_path / "on_cpu", *common, "total_steps=400", f"resume={run_dir}", "algo.cuda_graphs=true",
+                    check=False)
+    assert refused.returncode == 2
+    assert "resumes here with algo.cuda_graphs=false" in refused.stderr + refused.stdout
+    rlrun(tmp_path / "on_cpu", *common, "total_steps=400", f"resume={run_dir}", "algo.cuda_graphs=false")
+    assert read_summary(tmp_path / "on_cpu")["steps_done"] == 400
 
 
 @pytest.mark.parametrize("algo, extra", [("ddpg", "algo.noise=ou"), ("td3", "algo.target_noise=0.1"),
