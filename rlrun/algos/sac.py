@@ -168,7 +168,7 @@ class SACAgent:
             check_cuda_graphs(ctx.device, cfg.bf16)
             self.graphed = GraphedUpdate(self, self.update, self.buffer, cfg.batch_size,
                                          [optimizer for optimizer, _ in self.optimizers()],
-                                         phases=cfg.target_update_interval, state_tensors=(self.log_alpha,))
+                                         period=cfg.target_update_interval, state_tensors=(self.log_alpha,))
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
         pairs = [(self.actor_optimizer, self.cfg.actor_lr), (self.critic_optimizer, self.cfg.critic_lr)]

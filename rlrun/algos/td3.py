@@ -130,7 +130,7 @@ class TD3Agent:
         if cfg.cuda_graphs:
             check_cuda_graphs(ctx.device, cfg.bf16)
             self.graphed = GraphedUpdate(self, self.update, self.buffer, cfg.batch_size,
-                                         [self.actor_optimizer, self.critic_optimizer], phases=cfg.policy_delay,
+                                         [self.actor_optimizer, self.critic_optimizer], period=cfg.policy_delay,
                                          keep=("last_actor_loss",))
         self.last_actor_loss = torch.zeros((), device=ctx.device)  # a metric beside the device's losses
 
