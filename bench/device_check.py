@@ -9,8 +9,8 @@ against the CPU of the same machine.
    GPU-trained run continued where there is no GPU); for DQN and PPO, the same run twice, compared.
 2. Update time per gradient step, CPU against `--device`, at rl-zoo's LunarLander settings (DQN, TD3, SAC; DDPG
    with the TD3 preset's networks): the agent's own `update()` after its warm-up, synchronised, median of blocks.
-   On CUDA also the bfloat16 update (`algo.bf16=true`) and, for TD3 and SAC, the same update captured once in
-   CUDA graphs and replayed (a measurement of what graphs would give; rlrun does not ship it).
+   On CUDA also the bfloat16 update (`algo.bf16=true`) and, for DDPG, TD3 and SAC, the update replayed from CUDA
+   graphs (`algo.cuda_graphs=true`, rlrun/cudagraph.py).
 Writes DIR/device.md (the tables) and DIR/e2e_logs.tar.gz (each end-to-end job's log); the runs themselves go
 under --work (default DIR/work). Used on a lent GPU machine; on a CPU-only
 machine `--device cpu` checks the script itself.
@@ -30,14 +30,12 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rlrun.buffers import Batch  # noqa: E402
 from rlrun.config import compose  # noqa: E402
 from rlrun.networks import bf16_autocast, has_native_bf16  # noqa: E402
 from rlrun.run import Run  # noqa: E402
@@ -66,6 +64,7 @@ UPDATES: dict[str, tuple[list[str], int]] = {
     "td3": (["experiment=zoo_td3_lunarlander"], 100),
     "sac": (["experiment=zoo_sac_lunarlander"], 100),
 }
+GRAPHED = ("ddpg", "td3", "sac")  # the algorithms with algo.cuda_graphs
 
 
 # -- 1. end to end --------------------------------------------------------------------------------------------
@@ -183,108 +182,41 @@ def time_blocks(step, device: torch.device, per_block: int, blocks: int = 5, war
     return statistics.median(times)
 
 
-def eager_update_ms(name: str, device: str, tmp: Path, bf16: bool = False) -> float:
+def update_ms(name: str, device: str, tmp: Path, variant: str = "") -> float:
+    """ms per gradient step of the agent's update: eager, or `variant` "bf16" (algo.bf16=true) or "graphs"
+    (algo.cuda_graphs=true: the agent's own graphed update, rlrun/cudagraph.py)."""
     overrides, per_block = UPDATES[name]
-    run = make_run([*overrides, *(["algo.bf16=true"] if bf16 else [])], device, tmp / f"upd_{name}_{device}")
+    extra = {"": [], "bf16": ["algo.bf16=true"], "graphs": ["algo.cuda_graphs=true"]}[variant]
+    run = make_run([*overrides, *extra], device, tmp / f"upd_{name}_{device}_{variant}")
     agent = run.agent
 
+    update = agent.graphed if variant == "graphs" else agent.update
+
     def step() -> None:
-        with bf16_autocast(agent.device, bf16):
-            agent.update()
+        with bf16_autocast(agent.device, variant == "bf16"):
+            update()
 
     ms = time_blocks(step, agent.device, per_block) / getattr(agent, "gradient_steps", 1)
     run.close()
     return ms
 
 
-def graphed_update_ms(name: str, tmp: Path) -> tuple[float, float, str]:
-    """TD3/SAC: the agent's `update()` captured in CUDA graphs (TD3: one for a critic-only step, one for a
-    critic + actor + target step), batches gathered on the GPU from indices copied in before each replay.
-    Returns (eager ms, graphed ms, a sanity line: the critic loss on one repeated batch must fall)."""
-    overrides, per_block = UPDATES[name]
-    run = make_run(overrides, "cuda", tmp / f"graph_{name}")
-    agent, device = run.agent, torch.device("cuda")
-    eager = time_blocks(agent.update, device, per_block)
-    buffer, size = agent.buffer, agent.cfg.batch_size
-    idx = torch.zeros(size, dtype=torch.int64, device=device)
-
-    def sample(batch_size: int, rng: np.random.Generator) -> Batch:
-        return Batch(buffer.obs[idx], buffer.actions[idx], buffer.rewards[idx], buffer.next_obs[idx],
-                     buffer.terminated[idx])
-
-    def new_indices() -> None:
-        idx.copy_(torch.from_numpy(agent.rng.integers(0, buffer.size, size=size)))
-
-    buffer.sample = sample  # this run only: the graphs gather from `idx`
-    for attr in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
-        old = getattr(agent, attr, None)
-        if old is not None:  # capturable: the step count lives on the GPU
-            fresh = torch.optim.Adam(old.param_groups[0]["params"], lr=old.param_groups[0]["lr"], fused=True,
-                                     capturable=True)
-            fresh.load_state_dict(old.state_dict())  # this restores the saved group flags: capturable again
-            for group in fresh.param_groups:
-                group["capturable"] = True
-            setattr(agent, attr, fresh)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(4):
-            new_indices()
-            agent.update()
-    torch.cuda.current_stream().wait_stream(side)
-    graphs, outputs = [], []
-    delay = getattr(agent.cfg, "policy_delay", 1)
-    pool = None
-    for _ in range(delay):  # TD3: the next update is critic-only or critic + actor; capture each once
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            outputs.append(agent.update())
-        pool = graph.pool()
-        graphs.append(graph)
-    counter = [0]
-
-    def replay() -> None:
-        new_indices()
-        graphs[counter[0] % len(graphs)].replay()
-        counter[0] += 1
-
-    graphed = time_blocks(replay, device, per_block)
-    new_indices()
-    losses = []
-    for k in range(200):  # one batch, over and over: a working update drives its critic loss down
-        graphs[k % len(graphs)].replay()
-        losses.append(float(outputs[k % len(graphs)]["losses/critic_loss"]))
-    finite = all(bool(torch.isfinite(p).all()) for p in agent.critic.parameters())
-    check = (f"critic loss on one repeated batch {losses[1]:.3g} → {losses[-1]:.3g}, "
-             f"parameters finite: {finite}")
-    run.close()
-    return eager, graphed, check
-
-
 def run_updates(device: str, tmp: Path) -> list[str]:
     cuda = device == "cuda"
     lines = ["| algo (settings) | CPU ms / gradient step | " + (
-        "CUDA ms | CPU / CUDA | CUDA bf16 ms | CUDA graphs ms (eager that run) | graph check |" if cuda
-        else f"{device} ms |"), "|---|---|---|---|---|---|---|" if cuda else "|---|---|---|"]
+        "CUDA ms | CPU / CUDA | CUDA bf16 ms | CUDA graphs ms |" if cuda else f"{device} ms |"),
+        "|---|---|---|---|---|---|" if cuda else "|---|---|---|"]
     for name in UPDATES:
         try:
-            cpu = eager_update_ms(name, "cpu", tmp)
+            cpu = update_ms(name, "cpu", tmp)
             row = f"| {name} ({' '.join(UPDATES[name][0])}) | {cpu:.2f} |"
             if not cuda:
                 lines.append(row + f" {cpu:.2f} |")
                 continue
-            gpu = eager_update_ms(name, "cuda", tmp)
-            bf16 = (f"{eager_update_ms(name, 'cuda', tmp, bf16=True):.2f}" if has_native_bf16(torch.device("cuda"))
-                    else "—")
-            graph_cells = "— | — |"
-            if name in ("td3", "sac"):
-                try:
-                    eager, graphed, check = graphed_update_ms(name, tmp)
-                    graph_cells = f"{graphed:.3f} ({eager:.3f}) | {check} |"
-                except Exception as exc:
-                    graph_cells = f"failed | {type(exc).__name__}: {exc} |"
-                    traceback.print_exc()
-            lines.append(row + f" {gpu:.3f} | {cpu / gpu:.1f}× | {bf16} | {graph_cells}")
+            gpu = update_ms(name, "cuda", tmp)
+            bf16 = f"{update_ms(name, 'cuda', tmp, 'bf16'):.2f}" if has_native_bf16(torch.device("cuda")) else "—"
+            graphs = f"{update_ms(name, 'cuda', tmp, 'graphs'):.3f}" if name in GRAPHED else "—"
+            lines.append(row + f" {gpu:.3f} | {cpu / gpu:.1f}× | {bf16} | {graphs} |")
         except Exception as exc:
             lines.append(f"| {name} | failed: {type(exc).__name__}: {exc} |")
             traceback.print_exc()

@@ -17,5 +17,5 @@ if [ -z "${SKIP_E2E:-}" ]; then
   date; timeout "${E2E_S:-180}" python3 bench/device_check.py --out "$OUT" --work /tmp/dc --skip-updates
 fi
 date; timeout "${UPDATES_S:-150}" python3 bench/device_check.py --out "$OUT/updates" --work /tmp/dc --skip-e2e
-date; timeout "${BENCH_S:-150}" python3 bench/run_bench.py --device cuda --algos "${BENCH_ALGOS:-td3,sac,dqn}" --repeats 3 --out "$OUT/bench_cuda.md"
+date; timeout "${BENCH_S:-150}" python3 bench/run_bench.py --device cuda --algos "${BENCH_ALGOS:-td3_graphs,td3,sac_graphs,sac,dqn}" --repeats 3 --out "$OUT/bench_cuda.md"
 date
