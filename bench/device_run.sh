@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU session's one command (issues 5 and 9), run from the repo root on a lent CUDA machine whose Python has
 # torch but not rlrun's other dependencies: those travel as wheels in .whl/ (pure Python, plus Box2D for the
-# machine's Python). Runs tests/test_cuda.py, then writes under $OUT: log.txt (everything), device.md (bench/device_check.py's tables),
+# machine's Python; bench/fetch_wheels.sh fetches them). Runs tests/test_cuda.py, then writes under $OUT: log.txt (everything), device.md (bench/device_check.py's tables),
 # updates/device.md, e2e_logs.tar.gz, bench_cuda.md (bench/run_bench.py --device cuda, SB3 beside rlrun).
 set -u
 OUT=${OUT:-/tmp/device_out}
