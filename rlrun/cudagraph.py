@@ -29,7 +29,7 @@ import torch
 
 from rlrun.buffers import Batch, ReplayBuffer
 
-WARMUP_ROUNDS = 2  # warm-up updates per phase before capture (cuBLAS handles, autograd and optimizer state)
+WARMUP_ROUNDS = 2  # warm-up updates per graph before capture (cuBLAS handles, autograd and optimizer state)
 
 
 def check_cuda_graphs(device: torch.device, bf16: bool) -> None:
