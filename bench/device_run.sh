@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU session's one command (issues 5 and 9), run from the repo root on a lent CUDA machine whose Python has
 # torch but not rlrun's other dependencies: those travel as wheels in .whl/ (pure Python, plus Box2D for the
-# machine's Python; bench/fetch_wheels.sh fetches them). Runs tests/test_cuda.py, then writes under $OUT: log.txt (everything), device.md (bench/device_check.py's tables),
-# updates/device.md, e2e_logs.tar.gz, bench_cuda.md (bench/run_bench.py --device cuda, SB3 beside rlrun).
+# machine's Python; bench/fetch_wheels.sh fetches them). Runs tests/test_cuda.py, then writes under $OUT:
+# log.txt (everything), device.md (bench/device_check.py: update times) and bench_cuda.md (bench/run_bench.py
+# --device cuda, SB3 beside rlrun).
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -13,9 +14,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 lscpu | grep -E "Model name|^CPU\(s\)"
 python3 -c "import torch, gymnasium, hydra, stable_baselines3; print('torch', torch.__version__, torch.cuda.get_device_name(), 'gymnasium', gymnasium.__version__, 'sb3', stable_baselines3.__version__)"
 date; timeout "${PYTEST_S:-150}" python3 -m pytest -q -ra -p no:cacheprovider -n 10 tests/test_cuda.py
-if [ -z "${SKIP_E2E:-}" ]; then
-  date; timeout "${E2E_S:-180}" python3 bench/device_check.py --out "$OUT" --work /tmp/dc --skip-updates
-fi
-date; timeout "${UPDATES_S:-150}" python3 bench/device_check.py --out "$OUT/updates" --work /tmp/dc --skip-e2e
+date; timeout "${UPDATES_S:-150}" python3 bench/device_check.py --out "$OUT"
 date; timeout "${BENCH_S:-150}" python3 bench/run_bench.py --device cuda --algos "${BENCH_ALGOS:-td3_graphs,td3,sac_graphs,sac,dqn}" --repeats 3 --out "$OUT/bench_cuda.md"
 date

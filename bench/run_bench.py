@@ -86,12 +86,17 @@ def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def bench_run(overrides: list[str], tmp: Path, threads: int, device: str = "cpu") -> Run:
+    """A training run built in this process, evaluation and logging off (also used by device_check.py)."""
+    cfg = compose([*overrides, "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
+                   "log.progress=none", f"device={device}", f"torch_threads={threads}"])
+    return Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str],
                      threads: int, device: str = "cpu") -> tuple[float, str]:
     """Env steps/s over `steps` after `warmup` steps, and the preset's env id."""
-    cfg = compose([f"experiment={preset}", *extra, "eval.every_steps=0", "eval.episodes=1", "log.tensorboard=false",
-                   "log.progress=none", f"device={device}", f"torch_threads={threads}"])
-    run = Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
+    run = bench_run([f"experiment={preset}", *extra], tmp, threads, device)
     while run.runner.global_step < warmup:
         run.agent.train_iteration(run.runner)
     start_step, start = run.runner.global_step, time.perf_counter()
@@ -99,7 +104,7 @@ def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: lis
         run.agent.train_iteration(run.runner)
     rate = (run.runner.global_step - start_step) / (time.perf_counter() - start)
     run.close()
-    return rate, cfg.env.id
+    return rate, run.cfg.env.id
 
 
 def sb3_model(algo: str, seed: int = 0, device: str = "cpu"):

@@ -1,5 +1,5 @@
-"""`device=cuda` end to end for every algorithm: train with an evaluation and a checkpoint, resume in place, and
-evaluate the GPU-trained checkpoint on the CPU. Needs a CUDA device, so it is skipped (with this reason shown
+"""`device=cuda` end to end for every algorithm: train with an evaluation and a checkpoint, resume in place,
+evaluate the GPU-trained checkpoint on the GPU and on the CPU, and continue it on the CPU. Needs a CUDA device, so it is skipped (with this reason shown
 by `-ra`) on CPU-only machines, CI included; bench/device_run.sh runs it on a lent GPU machine.
 
 Found there on its first run (2026-11-26, H200): TD3 kept its delayed actor loss as a CPU tensor beside the
@@ -73,6 +73,14 @@ def test_cuda_end_to_end(case, tmp_path, capsys):
     eval_main([str(run_dir), "--checkpoint", "last", "--device", "cuda", "--episodes", "2"])
     on_gpu = json.loads(capsys.readouterr().out)
     assert on_cpu["step"] == on_gpu["step"] == second["steps_done"]
+    # The GPU run continued on a CPU (where there is no GPU): into a new directory, graphs off.
+    moved = tmp_path / f"{case}_on_cpu"
+    _rlrun(moved, *[o for o in common if o not in ("device=cuda", "algo.cuda_graphs=true")], "device=cpu",
+           *(["algo.cuda_graphs=false"] if "algo.cuda_graphs=true" in common else []),
+           f"total_steps={second['steps_done'] + 1000}", f"resume={run_dir}")
+    third = json.loads((moved / "summary.json").read_text())
+    assert third["status"] == "completed" and third["device"] == "cpu"
+    assert third["steps_done"] >= second["steps_done"] + 1000
     # The same weights and episodes: the same greedy actions up to float rounding on the two devices.
     assert on_cpu["return_mean"] == pytest.approx(on_gpu["return_mean"], rel=0.05, abs=5.0)
 

@@ -13,6 +13,7 @@ from conftest import read_summary, rlrun
 from rlrun import CONF_DIR
 from rlrun.algos.sac import SquashedGaussianActor, sac_target, squashed_log_prob, temperature_loss
 from rlrun.algos.td3 import smoothed_target_actions, td3_target
+from rlrun.checkpoint import load_buffer, save_checkpoint
 from rlrun.cli import eval_main
 from rlrun.config import NetworkConfig, compose
 from rlrun.networks import polyak_update
@@ -242,7 +243,7 @@ def test_a_cuda_graphs_checkpoint_evaluates_and_resumes_on_a_cpu(tmp_path, capsy
     payload = torch.load(last, weights_only=True)
     assert "cuda_graphs: false" in payload["config"]
     payload["config"] = payload["config"].replace("cuda_graphs: false", "cuda_graphs: true")
-    torch.save(payload, last)
+    save_checkpoint(last, payload, load_buffer(last, payload), step=payload["step"])
 
     capsys.readouterr()
     eval_main([str(run_dir), "--checkpoint", "last", "--device", "cpu", "--episodes", "1"])
