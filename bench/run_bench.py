@@ -54,7 +54,16 @@ ZOO: dict[str, tuple] = {
     # The update captured in CUDA graphs (algo.cuda_graphs=true, rlrun/cudagraph.py): --device cuda only.
     "td3_graphs": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
     "sac_graphs": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
+    # PPO's minibatch loss compiled by torch.compile (algo.compile=true); the warm-up iteration compiles it.
+    "ppo_compile": ("zoo_ppo_lunarlander", 3 * 16_384, 16_384, ["algo.compile=true"]),
 }
+VARIANTS = ("_bf16", "_graphs", "_compile")  # a row's SB3 counterpart is its algorithm without the suffix
+
+
+def sb3_name(row: str) -> str:
+    for suffix in VARIANTS:
+        row = row.removesuffix(suffix)
+    return row
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
 
@@ -315,7 +324,7 @@ def main() -> None:
             rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads, args.device)
             ours.append(rate)
             if have_sb3:
-                rate = sb3_throughput(algo.removesuffix("_bf16").removesuffix("_graphs"), steps, warmup, args.device)
+                rate = sb3_throughput(sb3_name(algo), steps, warmup, args.device)
                 if rate is not None:
                     theirs.append(rate)
         ours_med = statistics.median(ours)

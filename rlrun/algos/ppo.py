@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rlrun.algos.protocol import AgentContext
+from rlrun.compiled import compiled
 from rlrun.envs import EnvRunner
 from rlrun.networks import clip_grad_norm, make_adam
 from rlrun.onpolicy import (
@@ -75,6 +76,9 @@ class PPOConfig:
     """Scale rewards by the running std of the discounted return."""
     log_std_init: float = 0.0
     """Initial log-std of the Gaussian policy (continuous actions)."""
+    compile: bool = False
+    """Compile the minibatch loss, forward and backward, with torch.compile: ~28% faster updates on a CPU after
+    ~6-10 s of compiling per process, so it pays on runs of roughly 0.5M steps and more (rlrun/compiled.py)."""
 
 
 def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
@@ -122,6 +126,7 @@ class PPOAgent(OnPolicyCheckpoint):
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
         self.optimizer = make_adam(self.params, cfg.learning_rate, eps=cfg.adam_eps)
         self.n_updates = 0
+        self.loss = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.parts.act(obs)
@@ -146,6 +151,9 @@ class PPOAgent(OnPolicyCheckpoint):
         b_returns = returns.flatten()
         b_values = rollout.values.flatten()
 
+        # A compiled loss takes the clip coefficient as a tensor: a float would be baked into the compiled code,
+        # and an annealed one would recompile it every iteration.
+        clip_arg = torch.tensor(clip_coef, device=b_obs.device) if cfg.compile else clip_coef
         metrics: dict[str, Any] = {}
         for _epoch in range(cfg.update_epochs):
             # Shuffle the whole batch once per epoch; minibatches are then contiguous slices (views),
@@ -158,20 +166,13 @@ class PPOAgent(OnPolicyCheckpoint):
             starts = range(0, self.batch_size, cfg.minibatch_size)
             for start in starts:
                 mb = slice(start, start + cfg.minibatch_size)
-                mb_obs = e_obs[mb]
-                dist = self.actor.dist(mb_obs)
-                mb_advantages = e_advantages[mb]
                 # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
                 last = start == starts[-1]
-                pg_loss, kl, clipped = ppo_policy_loss(dist.log_prob(e_actions[mb]), e_logprobs[mb],
-                                                       mb_advantages, clip_coef, diagnostics=last)
+                loss, pg_loss, v_loss, entropy, kl, clipped = self.loss(
+                    e_obs[mb], e_actions[mb], e_logprobs[mb], e_advantages[mb], e_values[mb], e_returns[mb],
+                    clip_arg, last)
                 if last:
                     approx_kl, clip_fraction = kl, clipped
-                new_values = self.critic(mb_obs).squeeze(-1)
-                v_loss = value_loss(new_values, e_values[mb], e_returns[mb],
-                                    clip_coef if cfg.clip_vloss else None)
-                entropy = dist.entropy().mean()
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
@@ -189,6 +190,21 @@ class PPOAgent(OnPolicyCheckpoint):
             "charts/learning_rate": lr, "charts/clip_coef": clip_coef,
         })
         return metrics
+
+    def minibatch_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
+                       advantages: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       clip_coef: float | torch.Tensor, diagnostics: bool) -> tuple[torch.Tensor, ...]:
+        """The PPO loss of one minibatch and its parts: (loss, policy loss, value loss, entropy, approx KL,
+        clip fraction); the last two are None without `diagnostics`."""
+        cfg = self.cfg
+        dist = self.actor.dist(obs)
+        pg_loss, kl, clipped = ppo_policy_loss(dist.log_prob(actions), old_logprobs, advantages, clip_coef,
+                                               diagnostics=diagnostics)
+        new_values = self.critic(obs).squeeze(-1)
+        v_loss = value_loss(new_values, old_values, returns, clip_coef if cfg.clip_vloss else None)
+        entropy = dist.entropy().mean()
+        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+        return loss, pg_loss, v_loss, entropy, kl, clipped
 
     # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
