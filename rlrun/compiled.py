@@ -24,8 +24,9 @@ except ImportError:  # pragma: no cover - older or newer torch
     COMPILE_FAILURES = (RuntimeError,)
 
 
-class CompileError(RuntimeError):
-    """torch.compile could not compile a function an option asked to compile."""
+class CompileError(ValueError):
+    """torch.compile could not compile a function an option asked to compile: the option does not fit this
+    machine, so the command line reports it as bad input (one message, exit code 2)."""
 
 
 def compiled(fn: Callable[..., Any], option: str) -> Callable[..., Any]:

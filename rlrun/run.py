@@ -178,8 +178,9 @@ def check_not_a_transfer_run(checkpoint: Path) -> None:
                               f"resume it with the same transfer=… options it was started with")
 
 
-# A resume re-homes the replay buffer (ReplayBuffer.load_arrays); the CUDA-graph update is the same update.
-RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:")
+# A resume re-homes the replay buffer (ReplayBuffer.load_arrays); the CUDA-graph update is the same update, and
+# a compiled PPO loss (algo.compile) the same loss up to float rounding.
+RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:", "algo.compile:")
 
 
 def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:

@@ -15,10 +15,10 @@ BIN = Path(sys.executable).parent
 
 
 def rlrun(run_dir: Path, *overrides: str, timeout: float = 600, check: bool = True,
-          command: str = "rlrun") -> subprocess.CompletedProcess:
+          command: str = "rlrun", extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `rlrun overrides…` into `run_dir` (plain progress, no TensorBoard unless asked)."""
     args = [str(BIN / command), f"hydra.run.dir={run_dir}", "log.progress=plain", *overrides]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"

@@ -41,6 +41,7 @@ CASES = {
     "td3_graphs": ["algo=td3", "env=pendulum", "algo.learning_starts=200", "algo.cuda_graphs=true"],
     "sac_graphs": ["algo=sac", "env=pendulum", "algo.learning_starts=200", "algo.cuda_graphs=true",
                    "algo.lr_schedule=linear"],
+    "ppo_compile": ["algo=ppo", "env=cartpole", "algo.compile=true"],  # Triton kernels on a GPU
 }
 
 

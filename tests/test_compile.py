@@ -1,0 +1,94 @@
+"""PPO's `algo.compile=true` (rlrun/compiled.py): the compiled minibatch loss is the eager one up to float
+rounding, in value and gradient; an annealed clip coefficient does not recompile it; a compiled run resumes
+bit-identically; and a machine that cannot compile gets one clear error."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+from conftest import read_summary, rlrun
+from test_resume import assert_same_run, kill_after_first_checkpoint, overrides_for
+
+from rlrun.algos.ppo import PPOAgent, PPOConfig
+from rlrun.algos.protocol import AgentContext
+from rlrun.config import NetworkConfig
+
+
+def _minibatch(agent: PPOAgent, n_obs: int, size: int = 64):
+    generator = torch.Generator().manual_seed(1)
+    obs = torch.randn(size, n_obs, generator=generator)
+    with torch.no_grad():
+        dist = agent.actor.dist(obs)
+        actions = dist.sample()
+        # Old log-probs and values away from the current ones, so that some ratios and values are clipped.
+        old_logprobs = dist.log_prob(actions) + 0.3 * torch.randn(size, generator=generator)
+        old_values = agent.critic(obs).squeeze(-1) + torch.randn(size, generator=generator)
+    advantages = torch.randn(size, generator=generator)
+    returns = torch.randn(size, generator=generator)
+    return obs, actions, old_logprobs, advantages, old_values, returns
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_compiled_loss_and_gradients_match_eager(env_id):
+    from torch._dynamo.utils import counters
+
+    env = gym.make(env_id)
+    ctx = AgentContext(env.observation_space, env.action_space, NetworkConfig(hidden=[32, 32], activation="tanh"),
+                       torch.device("cpu"), 0, 10_000, 1)
+    torch.manual_seed(0)
+    agent = PPOAgent(PPOConfig(num_steps=64, ent_coef=0.01, clip_vloss=True, compile=True), ctx)
+    assert agent.loss != agent.minibatch_loss
+    batch = _minibatch(agent, env.observation_space.shape[0])
+    torch._dynamo.reset()
+    counters.clear()
+    for clip_coef in (0.2, 0.15, 0.1):  # an annealed coefficient, passed as a tensor as train_iteration does
+        for diagnostics in (False, True):
+            results = []
+            for loss_fn, clip in ((agent.minibatch_loss, clip_coef), (agent.loss, torch.tensor(clip_coef))):
+                agent.optimizer.zero_grad(set_to_none=True)
+                outputs = loss_fn(*batch, clip, diagnostics)
+                outputs[0].backward()
+                results.append((outputs, [p.grad.clone() for p in agent.params]))
+            (eager, eager_grads), (fast, fast_grads) = results
+            assert float(eager[0].detach()) != 0.0 and any(float(g.abs().sum()) > 0 for g in eager_grads)
+            for a, b in zip(eager, fast):
+                if a is None:
+                    assert b is None and not diagnostics
+                else:
+                    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+            for a, b in zip(eager_grads, fast_grads):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    # One compiled version with the diagnostics and one without, whatever the clip coefficient.
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_compiled_run_resumes_bit_identically(tmp_path):
+    overrides = [*overrides_for("ppo"), "algo.compile=true"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    rlrun(reference, *overrides)
+    kill_after_first_checkpoint(resumed, overrides)
+    rlrun(resumed, *overrides)
+    assert read_summary(resumed)["status"] == "completed"
+    assert_same_run(reference, resumed)
+    # An execution option, not a hyperparameter: a resume may switch it off (reported), e.g. on a machine
+    # without a compiler; the run goes on eagerly.
+    more = [o for o in overrides if not o.startswith(("algo.compile=", "total_steps="))]
+    done = read_summary(resumed)["steps_done"]
+    proc = rlrun(resumed, *more, "algo.compile=false", f"total_steps={done + 4096}")
+    assert "changed settings: algo.compile: True → False" in proc.stdout
+    assert read_summary(resumed)["steps_done"] >= done + 4096
+
+
+def test_no_compiler_is_a_clear_error(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = rlrun(run_dir, "algo=ppo", "env=cartpole", "algo.compile=true", "algo.num_envs=2", "algo.num_steps=64",
+                 "algo.minibatch_size=64",
+                 "total_steps=512", check=False, timeout=300,
+                 extra_env={"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "algo.compile=true: torch.compile could not compile" in proc.stderr
+    assert "Run with algo.compile=false" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and "CompileError" in summary["error"]
