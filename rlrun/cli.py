@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,8 +26,9 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-class UserError(Exception):
-    """Bad input: printed as one paragraph, no traceback."""
+class JobFailed(CompactHydraException):
+    """A multirun job stopped on bad input or a non-finite loss. Hydra reports a failed job again once the sweep
+    ends (or the sweeper stops); a compact exception makes that report the message alone, not a traceback."""
 
 
 def _error(message: str) -> None:
@@ -46,13 +49,30 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return (ValueError, CheckpointError, EnvError, OmegaConfBaseException)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Compose → typed config → Run.train(); returns the summary."""
+def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Compose → typed config → Run.train(); returns the summary. `on_accepted` is called once the run is built
+    (its checks passed: nothing refused it), before it trains."""
     from rlrun.run import Run
 
     typed = to_typed_config(cfg)
     run = Run(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    if on_accepted is not None:
+        on_accepted()
     return run.train()
+
+
+def write_hydra_dir(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """The job's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml): the files Hydra writes before a job starts
+    when `hydra.output_subdir` is set. conf/config.yaml sets it to null and rlrun writes them here instead, once
+    the run has been accepted, so that a refused command (a fresh run, or a resume with changed settings, pointed
+    at a directory that holds a run) leaves that run's `.hydra/` as it was."""
+    from rlrun.files import atomic_write_text
+
+    hydra_dir = Path(hydra_cfg.runtime.output_dir) / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                       ("overrides.yaml", hydra_cfg.overrides.task)):
+        atomic_write_text(hydra_dir / name, OmegaConf.to_yaml(node))
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
@@ -74,13 +94,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+
+    def train_job(run_cfg: DictConfig, directory: Path) -> dict[str, Any]:
+        return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg))
+
     try:
         if multirun:
             check_direction(cfg.objective.metric, hydra_cfg.sweeper.get("direction"))
         if cfg.objective.seeds != 1:  # a sweeper's objective as the mean over k seeds (rlrun/sweep.py)
-            runs = train_seeds(cfg, run_dir, train)
+            runs = train_seeds(cfg, run_dir, train_job)
         else:
-            runs = [(train(cfg, run_dir), run_dir)]
+            runs = [(train_job(cfg, run_dir), run_dir)]
     except RunInterrupted as exc:
         _error(f"interrupted by {exc}; checkpoint and summary.json (status interrupted) are in {run_dir}. "
                f"Continue with resume={run_dir} (or resume=auto and the same hydra.run.dir).")
@@ -88,12 +112,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except NonFiniteError as exc:
         _error(str(exc))
         if multirun:
-            raise
+            raise JobFailed(f"rlrun error: {exc}") from None
         sys.exit(EXIT_FAILED)
     except _bad_input_types() as exc:
         _error(str(exc))
         if multirun:
-            raise
+            raise JobFailed(f"rlrun error: {exc}") from None
         sys.exit(EXIT_BAD_INPUT)
     for summary, directory in runs:
         _print_summary(summary, directory)

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from conftest import read_evaluations, read_summary, rlrun
 
 TINY = ["algo=dqn", "env=cartpole", "total_steps=600", "eval.every_steps=300", "eval.episodes=2",
@@ -20,7 +21,13 @@ def tiny_run(tmp_path_factory):
 
 def test_run_directory_holds_the_contract(tiny_run):
     run_dir, proc = tiny_run
-    assert (run_dir / ".hydra" / "config.yaml").exists()
+    hydra_dir = run_dir / ".hydra"  # written by rlrun once the run is accepted, as Hydra writes it
+    assert yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) == ["log.progress=plain", *TINY,
+                                                                          "log.tensorboard=true"]
+    config = yaml.safe_load((hydra_dir / "config.yaml").read_text())
+    assert config["total_steps"] == 600 and config["algo"]["batch_size"] == 16 and "hydra" not in config
+    hydra_yaml = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]
+    assert hydra_yaml["runtime"]["choices"]["algo"] == "dqn" and hydra_yaml["runtime"]["output_dir"] == str(run_dir)
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     summary = read_summary(run_dir)
@@ -85,8 +92,10 @@ def test_rlrun_eval_reproduces_the_runs_evaluation_with_normalised_observations(
 def test_a_fresh_run_refuses_a_directory_that_holds_a_run(tiny_run):
     run_dir, _ = tiny_run
     kept = {name: (run_dir / name).read_bytes()
-            for name in ("summary.json", "evaluations.csv", "checkpoints/best.pt", "checkpoints/last.pt")}
-    _assert_clean_failure(rlrun(run_dir, *TINY, check=False), "already holds a run", "resume=")
+            for name in ("summary.json", "evaluations.csv", "checkpoints/best.pt", "checkpoints/last.pt",
+                         ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")}
+    # Another seed: had the refused command's config been written anywhere, .hydra/ would show it.
+    _assert_clean_failure(rlrun(run_dir, *TINY, "seed=7", check=False), "already holds a run", "resume=")
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept
 
 

@@ -38,14 +38,14 @@ def test_compiled_loss_and_gradients_match_eager(env_id):
                        torch.device("cpu"), 0, 10_000, 1)
     torch.manual_seed(0)
     agent = PPOAgent(PPOConfig(num_steps=64, ent_coef=0.01, clip_vloss=True, compile=True), ctx)
-    assert agent.loss != agent.minibatch_loss
+    assert agent.loss_fn != agent.minibatch_loss
     batch = _minibatch(agent, env.observation_space.shape[0])
     torch._dynamo.reset()
     counters.clear()
     for clip_coef in (0.2, 0.15, 0.1):  # an annealed coefficient, passed as a tensor as train_iteration does
         for diagnostics in (False, True):
             results = []
-            for loss_fn, clip in ((agent.minibatch_loss, clip_coef), (agent.loss, torch.tensor(clip_coef))):
+            for loss_fn, clip in ((agent.minibatch_loss, clip_coef), (agent.loss_fn, torch.tensor(clip_coef))):
                 agent.optimizer.zero_grad(set_to_none=True)
                 outputs = loss_fn(*batch, clip, diagnostics)
                 outputs[0].backward()
@@ -60,6 +60,13 @@ def test_compiled_loss_and_gradients_match_eager(env_id):
             for a, b in zip(eager_grads, fast_grads):
                 torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     # One compiled version with the diagnostics and one without, whatever the clip coefficient.
+    assert counters["stats"]["unique_graphs"] == 2
+    # A second agent in the same process (a sweep's next job) reuses the compiled code with its own weights.
+    torch.manual_seed(1)
+    other = PPOAgent(PPOConfig(num_steps=64, ent_coef=0.01, clip_vloss=True, compile=True), ctx)
+    eager_loss = other.minibatch_loss(*batch, 0.2, True)[0]
+    assert not torch.allclose(eager_loss, agent.minibatch_loss(*batch, 0.2, True)[0])
+    torch.testing.assert_close(other.loss_fn(*batch, torch.tensor(0.2), True)[0], eager_loss, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 2
 
 

@@ -173,11 +173,12 @@ def test_continuing_a_run_into_a_directory_that_holds_another_is_refused(tmp_pat
     base = [o for o in overrides_for("dqn") if not o.startswith(("resume=", "total_steps="))]
     rlrun(source, *base, "total_steps=2000")
     rlrun(victim, *base, "total_steps=1000", "seed=4")
-    before = {path: path.read_bytes() for path in victim.rglob("*") if path.is_file() and ".hydra" not in path.parts}
+    before = {path: path.read_bytes() for path in victim.rglob("*") if path.is_file()}
+    assert victim / ".hydra" / "config.yaml" in before
     proc = rlrun(victim, *base, "total_steps=3000", f"resume={source}", check=False)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
-    after = {path: path.read_bytes() for path in victim.rglob("*") if path.is_file() and ".hydra" not in path.parts}
-    assert after == before
+    after = {path: path.read_bytes() for path in victim.rglob("*") if path.is_file()}
+    assert after == before  # .hydra/ included: the refused command's config went nowhere
 
 
 def test_resume_refuses_another_seed_env_or_algo_setting(tmp_path):
@@ -191,6 +192,11 @@ def test_resume_refuses_another_seed_env_or_algo_setting(tmp_path):
         assert proc.returncode == 2 and "cannot resume" in proc.stderr and "Traceback" not in proc.stderr
         assert change.split("=")[0] in proc.stderr and "transfer=finetune" in proc.stderr
         assert not (tmp_path / "changed" / "checkpoints").exists()
+    # The same refusal in the run's own directory leaves its files, .hydra/ included, as they were.
+    before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    proc = rlrun(first, *base, "total_steps=3000", "seed=9", "resume=auto", check=False)
+    assert proc.returncode == 2 and "cannot resume" in proc.stderr
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == before
 
 
 def test_a_stopped_run_stays_stopped_when_the_same_command_is_requeued(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO
+from conftest import BIN, REPO, read_summary
 
 from rlrun.sweep import check_direction, find_runs, group_runs, objective_value, summarize
 
@@ -135,6 +135,22 @@ def test_joblib_multirun_of_four_jobs_writes_four_summaries_and_the_sweep_summar
     _check_sweep(sweep_dir, 4, {"algo=dqn": 2, "algo=double_dqn": 2})
     assert "Joblib" in proc.stdout + proc.stderr  # it really went through hydra-joblib-launcher
     assert "algo=double_dqn" in proc.stdout and "sweep_summary.csv" in proc.stdout  # the rich table
+
+
+def test_a_bad_job_in_a_multirun_is_reported_without_a_traceback(tmp_path):
+    """The job's clear error when it stops, Hydra's one-line report of it at the end, a non-zero exit; the other
+    job runs and the failed one leaves no .hydra/ (rlrun writes it only for an accepted run)."""
+    sweep_dir = tmp_path / "sweep"
+    args = [str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "algo=dqn", "algo.batch_size=0,16",
+            *[o for o in TINY_DQN if not o.startswith("algo.batch_size=")]]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode != 0
+    assert proc.stderr.count("rlrun error: algo.batch_size, algo.train_freq and algo.target_update_interval "
+                             "must be > 0") == 2, proc.stderr
+    assert "Error executing job with overrides" in proc.stderr and "Traceback" not in proc.stderr
+    bad, good = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
+    assert not (bad / ".hydra").exists() and not (bad / "summary.json").exists()
+    assert (good / ".hydra" / "overrides.yaml").exists() and read_summary(good)["status"] == "completed"
 
 
 @pytest.mark.slow  # ~25 s, mostly submitit starting its workers

@@ -126,7 +126,7 @@ class PPOAgent(OnPolicyCheckpoint):
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
         self.optimizer = make_adam(self.params, cfg.learning_rate, eps=cfg.adam_eps)
         self.n_updates = 0
-        self.loss = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
+        self.loss_fn = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.parts.act(obs)
@@ -168,7 +168,7 @@ class PPOAgent(OnPolicyCheckpoint):
                 mb = slice(start, start + cfg.minibatch_size)
                 # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
                 last = start == starts[-1]
-                loss, pg_loss, v_loss, entropy, kl, clipped = self.loss(
+                loss, pg_loss, v_loss, entropy, kl, clipped = self.loss_fn(
                     e_obs[mb], e_actions[mb], e_logprobs[mb], e_advantages[mb], e_values[mb], e_returns[mb],
                     clip_arg, last)
                 if last:
