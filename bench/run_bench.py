@@ -58,14 +58,14 @@ ZOO: dict[str, tuple] = {
     "ppo_compile": ("zoo_ppo_lunarlander", 3 * 16_384, 16_384, ["algo.compile=true"]),
 }
 VARIANTS = ("_bf16", "_graphs", "_compile")  # a row's SB3 counterpart is its algorithm without the suffix
+SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
+         "td3": ("lunarlander_continuous", 200)}
 
 
 def sb3_name(row: str) -> str:
     for suffix in VARIANTS:
         row = row.removesuffix(suffix)
     return row
-SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
-         "td3": ("lunarlander_continuous", 200)}
 
 
 def cpu_model() -> str:

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 
-try:  # the exceptions torch raises when a backend cannot compile (their names moved between releases)
-    from torch._dynamo.exc import BackendCompilerFailed
-    from torch._inductor.exc import InductorError
-    COMPILE_FAILURES: tuple[type[BaseException], ...] = (BackendCompilerFailed, InductorError)
-except ImportError:  # pragma: no cover - older or newer torch
-    COMPILE_FAILURES = (RuntimeError,)
+# The exceptions torch raises when a backend cannot compile. InductorError is newer than the oldest torch rlrun
+# allows (2.3); on a release without one, its failures surface as they are, unrenamed.
+COMPILE_FAILURES: tuple[type[BaseException], ...] = tuple(
+    error for error in (getattr(torch._dynamo.exc, "BackendCompilerFailed", None),
+                        getattr(torch._inductor.exc, "InductorError", None)) if error is not None)
 
 
 class CompileError(ValueError):

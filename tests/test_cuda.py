@@ -1,6 +1,7 @@
 """`device=cuda` end to end for every algorithm: train with an evaluation and a checkpoint, resume in place,
-evaluate the GPU-trained checkpoint on the GPU and on the CPU, and continue it on the CPU. Needs a CUDA device, so it is skipped (with this reason shown
-by `-ra`) on CPU-only machines, CI included; bench/device_run.sh runs it on a lent GPU machine.
+evaluate the GPU-trained checkpoint on the GPU and on the CPU, and continue it on the CPU. Needs a CUDA device,
+so it is skipped (with this reason shown by `-ra`) on CPU-only machines, CI included; bench/device_run.sh runs it
+on a lent GPU machine.
 
 Found there on its first run (2026-11-26, H200): TD3 kept its delayed actor loss as a CPU tensor beside the
 critic loss on the GPU, and the non-finite-loss check could not stack them.

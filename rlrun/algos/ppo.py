@@ -77,8 +77,9 @@ class PPOConfig:
     log_std_init: float = 0.0
     """Initial log-std of the Gaussian policy (continuous actions)."""
     compile: bool = False
-    """Compile the minibatch loss, forward and backward, with torch.compile: ~28% faster updates on a CPU after
-    ~6-10 s of compiling per process, so it pays on runs of roughly 0.5M steps and more (rlrun/compiled.py)."""
+    """Compile the minibatch loss, forward and backward, with torch.compile (rlrun/compiled.py): 28% faster
+    minibatches on a CPU after ~6-8 s of compiling per process; a 1M-step run was 10% shorter, a 150k-step one
+    longer (bench/results.md, session 17)."""
 
 
 def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
