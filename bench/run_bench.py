@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rlrun.config import compose  # noqa: E402
+from rlrun.files import atomic_write_text  # noqa: E402
 from rlrun.networks import cpuinfo_field, has_native_bf16  # noqa: E402
 from rlrun.run import Run  # noqa: E402
 
@@ -308,11 +309,18 @@ def main() -> None:
              f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
              f"alternating measurements in one process.", "",
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
+
+    def report(lines: list[str], note: str = "") -> None:
+        """Print the newest row and rewrite the table with every row so far, so a run stopped by a time limit or
+        Ctrl-C keeps what it measured."""
+        print(f"{lines[-1]} {note}".rstrip(), flush=True)
+        atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+
     raw: dict[str, float] = {}
     for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3"):
         raw[env_id] = statistics.median(raw_env_rate(env_id) for _ in range(args.repeats))
         lines.append(f"| {env_id} | {raw[env_id]:,.0f} |")
-        print(lines[-1], flush=True)
+        report(lines)
     if algos:
         lines += ["", "| algo (preset) | rlrun steps/s | SB3 steps/s | rlrun / SB3 | rlrun / raw env |",
                   "|---|---|---|---|---|"]
@@ -333,8 +341,7 @@ def main() -> None:
         sb3_text = f"{theirs_med:,.0f}" if theirs_med else "—"
         label = f"{algo} ({preset}{', ' + ' '.join(extra) if extra else ''})"
         lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} | {ours_med / raw[env_id]:.1%} |")
-        print(lines[-1], f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})",
-              flush=True)
+        report(lines, f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})")
     if args.solve:
         seeds = [int(s) for s in args.seeds.split(",")]
         lines += ["", "| algo, env (rlrun: its preset; SB3: rl-zoo's) | solved at steps per seed | wall s per seed "
@@ -344,11 +351,10 @@ def main() -> None:
             parser.error(f"--solve-algos: no solve target for {unknown}; choose from {','.join(SOLVE)}")
         for algo in solve_algos:
             lines.append(solve_row(f"{algo}, {SOLVE[algo][0]}: rlrun", solve_times(algo, seeds, tmp, args.threads)))
-            print(lines[-1], flush=True)
+            report(lines)
             if have_sb3:
                 lines.append(solve_row(f"{algo}, {SOLVE[algo][0]}: SB3", sb3_solve_times(algo, seeds, args.sb3_solve_timeout)))
-                print(lines[-1], flush=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+                report(lines)
     print(f"wrote {args.out}")
 
 

@@ -4,7 +4,8 @@ so it is skipped (with this reason shown by `-ra`) on CPU-only machines, CI incl
 on a lent GPU machine.
 
 Found there on its first run (2026-11-26, H200): TD3 kept its delayed actor loss as a CPU tensor beside the
-critic loss on the GPU, and the non-finite-loss check could not stack them.
+critic loss on the GPU, and the non-finite-loss check could not stack them. This version: 17 passed in 137 s on an
+H200 with 17 xdist workers (2026-11-26, session 18).
 """
 
 from __future__ import annotations
