@@ -288,6 +288,9 @@ def main() -> None:
         algos = [a for a in args.algos.split(",") if a]
     if unknown := [a for a in algos if a not in ZOO]:
         parser.error(f"--algos: unknown {unknown}; choose from {','.join(ZOO)}")
+    solve_algos = args.solve_algos.split(",") if args.solve_algos else [a for a in algos if a in SOLVE]
+    if args.solve and (unknown := [a for a in solve_algos if a not in SOLVE]):
+        parser.error(f"--solve-algos: no solve target for {unknown}; choose from {','.join(SOLVE)}")
     if not cuda and (graphed := [a for a in algos if a.endswith("_graphs")]):
         parser.error(f"--algos {','.join(graphed)}: CUDA graphs need --device cuda")
     if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
@@ -346,9 +349,6 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         lines += ["", "| algo, env (rlrun: its preset; SB3: rl-zoo's) | solved at steps per seed | wall s per seed "
                   "| median wall s |", "|---|---|---|---|"]
-        solve_algos = args.solve_algos.split(",") if args.solve_algos else [a for a in algos if a in SOLVE]
-        if unknown := [a for a in solve_algos if a not in SOLVE]:
-            parser.error(f"--solve-algos: no solve target for {unknown}; choose from {','.join(SOLVE)}")
         for algo in solve_algos:
             lines.append(solve_row(f"{algo}, {SOLVE[algo][0]}: rlrun", solve_times(algo, seeds, tmp, args.threads)))
             report(lines)

@@ -1,0 +1,40 @@
+"""bench/run_bench.py (`make bench`) as a script: it writes its table, and refuses bad arguments before it
+measures anything. The throughput figures themselves are measured by `make bench`, never asserted here."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "run_bench.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def test_bench_writes_the_raw_env_table(tmp_path):
+    out = tmp_path / "results.md"
+    proc = _bench("--algos", "", "--repeats", "1", "--no-sb3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.read_text()
+    assert table.startswith("# rlrun benchmark — ")
+    assert "Medians of 1 alternating measurements" in table
+    for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3"):
+        rate = re.search(rf"^\| {env_id} \| ([\d,]+) \|$", table, re.M)
+        assert rate is not None, table
+        assert int(rate.group(1).replace(",", "")) > 0
+
+
+def test_bench_refuses_bad_arguments_before_measuring(tmp_path):
+    out = tmp_path / "results.md"
+    for args, message in [(["--algos", "dqn,nope"], "--algos: unknown ['nope']"),
+                          (["--algos", "td3_graphs"], "CUDA graphs need --device cuda"),
+                          (["--solve", "--solve-algos", "a2c", "--algos", ""], "no solve target for ['a2c']")]:
+        proc = _bench(*args, "--no-sb3", "--out", str(out))
+        assert proc.returncode == 2, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert message in proc.stderr, (args, proc.stderr[-2000:])
+    assert not out.exists()
