@@ -291,6 +291,10 @@ def main() -> None:
     solve_algos = args.solve_algos.split(",") if args.solve_algos else [a for a in algos if a in SOLVE]
     if args.solve and (unknown := [a for a in solve_algos if a not in SOLVE]):
         parser.error(f"--solve-algos: no solve target for {unknown}; choose from {','.join(SOLVE)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2")
     if not cuda and (graphed := [a for a in algos if a.endswith("_graphs")]):
         parser.error(f"--algos {','.join(graphed)}: CUDA graphs need --device cuda")
     if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
@@ -346,7 +350,6 @@ def main() -> None:
         lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} | {ours_med / raw[env_id]:.1%} |")
         report(lines, f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})")
     if args.solve:
-        seeds = [int(s) for s in args.seeds.split(",")]
         lines += ["", "| algo, env (rlrun: its preset; SB3: rl-zoo's) | solved at steps per seed | wall s per seed "
                   "| median wall s |", "|---|---|---|---|"]
         for algo in solve_algos:
