@@ -8,7 +8,7 @@ both libraries (`--threads`, default 1; `--device`, default cpu):
      for SB3 at the same settings; each measured `--repeats` times alternately and reported as the median;
   3. with `--solve`, time to solve (median of `--seeds`): rlrun with its own presets, from `summary.json`, and
      SB3 at rl-zoo's hyperparameters, evaluated the same way (the larger of the two budgets; `--sb3-solve-timeout`).
-It writes a Markdown table to `bench/results.md` (or `--out`).
+It adds a dated Markdown table to `bench/results.md` (or `--out`), below what the file already holds.
 
     python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve [--solve-algos ppo,dqn]] [--seeds 0,1,2]
                                 [--threads 1] [--device cuda]
@@ -310,7 +310,10 @@ def main() -> None:
     tmp = REPO / "outputs" / "bench"
     tmp.mkdir(parents=True, exist_ok=True)
 
-    lines = [f"# rlrun benchmark — {dt.date.today().isoformat()}", "",
+    out = Path(args.out)
+    earlier = out.read_text().rstrip("\n") + "\n\n" if out.exists() and out.read_text().strip() else ""
+    title = f"rlrun benchmark — {dt.date.today().isoformat()}"
+    lines = [f"## {title}" if earlier else f"# {title}", "",
              f"Machine: {machine(args.device)}; training on {args.device}, {torch.get_num_threads()} torch thread(s) for "
              f"both libraries, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
@@ -318,10 +321,10 @@ def main() -> None:
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
 
     def report(lines: list[str], note: str = "") -> None:
-        """Print the newest row and rewrite the table with every row so far, so a run stopped by a time limit or
-        Ctrl-C keeps what it measured."""
+        """Print the newest row and rewrite `out`: what it held before, then this run's table with every row so far.
+        Earlier tables are never lost, and a run stopped by a time limit or Ctrl-C keeps what it measured."""
         print(f"{lines[-1]} {note}".rstrip(), flush=True)
-        atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+        atomic_write_text(out, earlier + "\n".join(lines) + "\n")
 
     raw: dict[str, float] = {}
     for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3"):
@@ -358,7 +361,7 @@ def main() -> None:
             if have_sb3:
                 lines.append(solve_row(f"{algo}, {SOLVE[algo][0]}: SB3", sb3_solve_times(algo, seeds, args.sb3_solve_timeout)))
                 report(lines)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -16,17 +16,19 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, cwd=REPO)
 
 
-def test_bench_writes_the_raw_env_table(tmp_path):
+def test_bench_writes_the_raw_env_table_below_earlier_ones(tmp_path):
     out = tmp_path / "results.md"
-    proc = _bench("--algos", "", "--repeats", "1", "--no-sb3", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = out.read_text()
-    assert table.startswith("# rlrun benchmark — ")
-    assert "Medians of 1 alternating measurements" in table
+    for _ in range(2):
+        proc = _bench("--algos", "", "--repeats", "1", "--no-sb3", "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# rlrun benchmark — ")
+    assert text.count("\n## rlrun benchmark — ") == 1  # the second run's table, below the first one's
+    assert text.count("Medians of 1 alternating measurements") == 2
     for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3"):
-        rate = re.search(rf"^\| {env_id} \| ([\d,]+) \|$", table, re.M)
-        assert rate is not None, table
-        assert int(rate.group(1).replace(",", "")) > 0
+        rates = re.findall(rf"^\| {env_id} \| ([\d,]+) \|$", text, re.M)
+        assert len(rates) == 2, text
+        assert all(int(rate.replace(",", "")) > 0 for rate in rates)
 
 
 def test_bench_refuses_bad_arguments_before_measuring(tmp_path):
