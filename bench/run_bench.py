@@ -43,11 +43,16 @@ from rlrun.run import Run  # noqa: E402
 # name → (rl-zoo preset, env steps to time, warm-up steps before timing[, extra overrides])
 ZOO: dict[str, tuple] = {
     "dqn": ("zoo_dqn_lunarlander", 4_000, 1_000),
+    "double_dqn": ("zoo_dqn_lunarlander", 4_000, 1_000, ["algo.double=true"]),  # SB3 has no Double DQN
     "ppo": ("zoo_ppo_lunarlander", 3 * 16_384, 16_384),
     "a2c": ("zoo_a2c_lunarlander", 20_000, 2_000),
     "trpo": ("zoo_trpo_lunarlander_continuous", 3 * 2_048, 2_048),
+    "ddpg": ("zoo_ddpg_lunarlander", 1_000, 10_000),
     "td3": ("zoo_td3_lunarlander", 1_000, 10_000),
     "sac": ("zoo_sac_lunarlander", 1_000, 10_000),
+    # rl-zoo has no LunarLander settings for REINFORCE or VPG, nor SB3 the algorithms: rlrun's defaults, alone.
+    "reinforce": (None, 3 * 4_000, 4_000, ["algo=reinforce", "env=lunarlander"]),
+    "vpg": (None, 3 * 4_000, 4_000, ["algo=vpg", "env=lunarlander"]),
     # The same settings with the opt-in bfloat16 update (algo.bf16=true): less precise, so not the default.
     "dqn_bf16": ("zoo_dqn_lunarlander", 4_000, 1_000, ["algo.bf16=true"]),
     "td3_bf16": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
@@ -103,10 +108,10 @@ def bench_run(overrides: list[str], tmp: Path, threads: int, device: str = "cpu"
     return Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: list[str],
+def rlrun_throughput(preset: str | None, steps: int, warmup: int, tmp: Path, extra: list[str],
                      threads: int, device: str = "cpu") -> tuple[float, str]:
-    """Env steps/s over `steps` after `warmup` steps, and the preset's env id."""
-    run = bench_run([f"experiment={preset}", *extra], tmp, threads, device)
+    """Env steps/s over `steps` after `warmup` steps, and the env id (`experiment=preset`, if any, then `extra`)."""
+    run = bench_run([*([f"experiment={preset}"] if preset else []), *extra], tmp, threads, device)
     while run.runner.global_step < warmup:
         run.agent.train_iteration(run.runner)
     start_step, start = run.runner.global_step, time.perf_counter()
@@ -120,7 +125,7 @@ def rlrun_throughput(preset: str, steps: int, warmup: int, tmp: Path, extra: lis
 def sb3_model(algo: str, seed: int = 0, device: str = "cpu"):
     """SB3 (sb3-contrib for TRPO) at rl-zoo's LunarLander settings (BENCHMARKS.md), or None where neither has
     the algorithm or sb3-contrib is not installed."""
-    from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+    from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.noise import NormalActionNoise
 
@@ -145,13 +150,14 @@ def sb3_model(algo: str, seed: int = 0, device: str = "cpu"):
         # rl-zoo's `normalize: true` is VecNormalize with its defaults (observations and rewards).
         env = VecNormalize(make_vec_env("LunarLanderContinuous-v3", n_envs=2, seed=seed))
         return TRPO("MlpPolicy", env, n_steps=1024, n_critic_updates=20, seed=seed, device=device)
-    if algo in ("td3", "sac"):
+    if algo in ("ddpg", "td3", "sac"):
         env = gym.make("LunarLanderContinuous-v3")
         kwargs = dict(policy_kwargs=dict(net_arch=[400, 300]), learning_starts=10_000, seed=seed, device=device)
-        if algo == "td3":
+        if algo in ("ddpg", "td3"):  # the same zoo settings (BENCHMARKS.md); SB3's DDPG is its TD3 minus the tricks
             noise = NormalActionNoise(np.zeros(2), 0.1 * np.ones(2))
-            return TD3("MlpPolicy", env, gamma=0.98, buffer_size=200_000, learning_rate=1e-3,
-                       action_noise=noise, train_freq=1, gradient_steps=1, **kwargs)
+            return (DDPG if algo == "ddpg" else TD3)("MlpPolicy", env, gamma=0.98, buffer_size=200_000,
+                                                     learning_rate=1e-3, action_noise=noise, train_freq=1,
+                                                     gradient_steps=1, **kwargs)
         return SAC("MlpPolicy", env, batch_size=256, learning_rate=lambda progress: 7.3e-4 * progress,
                    buffer_size=1_000_000, ent_coef="auto", tau=0.01, gamma=0.99, train_freq=1, gradient_steps=1,
                    **kwargs)
@@ -349,7 +355,7 @@ def main() -> None:
         theirs_med = statistics.median(theirs) if theirs else None
         ratio = f"{ours_med / theirs_med:.2f}×" if theirs_med else "—"
         sb3_text = f"{theirs_med:,.0f}" if theirs_med else "—"
-        label = f"{algo} ({preset}{', ' + ' '.join(extra) if extra else ''})"
+        label = f"{algo} ({', '.join(filter(None, [preset, ' '.join(extra)]))})"
         lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} | {ours_med / raw[env_id]:.1%} |")
         report(lines, f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})")
     if args.solve:

@@ -198,6 +198,17 @@ def test_zoo_td3_preset_is_rl_zoo_lunarlander_continuous():
     assert (algo.train_freq, algo.gradient_steps, algo.num_envs, algo.bf16) == (1, 1, 1, False)
 
 
+def test_zoo_ddpg_preset_is_rl_zoo_lunarlander_continuous():
+    cfg = _compose("experiment=zoo_ddpg_lunarlander")
+    assert cfg.env.id == "LunarLanderContinuous-v3" and cfg.total_steps == 300_000
+    assert list(cfg.network.hidden) == [400, 300] and cfg.network.activation == "relu"
+    algo = cfg.algo
+    assert (algo.name, algo.gamma, algo.buffer_size, algo.learning_starts) == ("ddpg", 0.98, 200_000, 10_000)
+    assert (algo.noise, algo.noise_sigma, algo.actor_lr, algo.critic_lr) == ("gaussian", 0.1, 1e-3, 1e-3)
+    assert (algo.batch_size, algo.tau, algo.train_freq, algo.gradient_steps) == (256, 0.005, 1, 1)
+    assert (algo.num_envs, algo.bf16) == (1, False)
+
+
 def test_zoo_sac_preset_is_rl_zoo_lunarlander_continuous():
     cfg = _compose("experiment=zoo_sac_lunarlander")
     assert cfg.env.id == "LunarLanderContinuous-v3" and cfg.total_steps == 500_000
@@ -283,16 +294,17 @@ def test_resume_continues_exactly(tmp_path, algo, extra):
         assert torch.equal(straight[key], resumed[key]), key
 
 
-@pytest.mark.parametrize("preset, config_cls", [("zoo_td3_lunarlander", "TD3Config"),
+@pytest.mark.parametrize("preset, config_cls", [("zoo_ddpg_lunarlander", "DDPGConfig"),
+                                                ("zoo_td3_lunarlander", "TD3Config"),
                                                 ("zoo_sac_lunarlander", "SACConfig")])
 def test_zoo_presets_set_every_algo_field(preset, config_cls):
     import dataclasses
 
     import yaml
 
-    from rlrun.algos import sac, td3
+    from rlrun.algos import ddpg, sac, td3
 
-    cls = {"TD3Config": td3.TD3Config, "SACConfig": sac.SACConfig}[config_cls]
+    cls = {"DDPGConfig": ddpg.DDPGConfig, "TD3Config": td3.TD3Config, "SACConfig": sac.SACConfig}[config_cls]
     written = yaml.safe_load((CONF_DIR / "experiment" / f"{preset}.yaml").read_text())["algo"]
     assert set(written) == {f.name for f in dataclasses.fields(cls)} - {"name"}
 
