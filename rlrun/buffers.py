@@ -86,9 +86,18 @@ class ReplayBuffer:
         missing = {*FIELDS, "pos_size"} - arrays.keys()
         if missing:
             raise ValueError(f"the saved replay buffer lacks {', '.join(sorted(missing))}")
-        pos, size = (int(v) for v in arrays["pos_size"])
-        if arrays["obs"].shape[1:] != tuple(self.obs.shape[1:]) or len(arrays["obs"]) != size:
-            raise ValueError("the saved replay buffer does not fit this run's buffer (observation shape)")
+        pos_size = arrays["pos_size"]
+        if pos_size.shape != (2,) or pos_size.dtype.kind not in "iu":
+            raise ValueError(f"the saved replay buffer's pos_size is {pos_size!r}, not two integers")
+        pos, size = (int(v) for v in pos_size)
+        if not 0 <= pos <= size:
+            raise ValueError(f"the saved replay buffer's position {pos} and size {size} are inconsistent")
+        for name in FIELDS:  # every field: `size` rows shaped like this buffer's, of numbers
+            saved, ours = arrays[name], getattr(self, name)
+            if saved.shape != (size, *ours.shape[1:]) or saved.dtype.kind not in "biuf":
+                raise ValueError(f"the saved replay buffer's {name} is {saved.dtype} {saved.shape}; this run's "
+                                 f"buffer needs {size} rows of shape {tuple(ours.shape[1:])} (did the env or "
+                                 f"algorithm change?)")
         if (pos == size < self.capacity) or (size == self.capacity and pos < size):
             self.pos, self.size = pos, size  # the saved layout fits: slot for slot, no copy
             rows = {name: arrays[name] for name in FIELDS}

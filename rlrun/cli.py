@@ -119,6 +119,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if multirun:
             raise JobFailed(f"rlrun error: {exc}") from None
         sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:  # a full disk or an unwritable directory outside the checkpoint writes (which say so)
+        message = f"cannot read or write the run's files under {run_dir}: {exc}"
+        _error(message)
+        if multirun:
+            raise JobFailed(f"rlrun error: {message}") from None
+        sys.exit(EXIT_FAILED)
     for summary, directory in runs:
         _print_summary(summary, directory)
     # What Hydra's sweepers (Optuna) optimise: objective.metric, mean over the job's seeds.
@@ -165,6 +171,8 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
 
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0 (the reset seed of the first episode), got {seed}")
     if path.is_dir():
         ckpt = path / "checkpoints" / f"{which}.pt"
         if not ckpt.exists() and which == "best":
@@ -173,6 +181,11 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     else:
         ckpt, run_dir = path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
     payload = load_checkpoint(ckpt)
+    try:
+        step = int(payload.get("step", 0))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{ckpt} has step {payload.get('step')!r}, not a step count: it is damaged or was "
+                              f"not written by rlrun") from None
     cfg = config_from_checkpoint(payload)
     if ":" in cfg.env.id and not import_env_module:  # a checkpoint is data: it must not choose code to import
         raise CheckpointError(f"{ckpt} names env.id={cfg.env.id!r}, which would import the module before the ':' "
@@ -201,7 +214,7 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     result = evaluator.evaluate(agent.act, 0, video_name=f"eval-{ckpt.stem}" if video else None)
     evaluator.close()
     report = {"checkpoint": str(ckpt), "algo": cfg.algo.name, "env_id": cfg.env.id,
-              "step": int(payload.get("step", 0)), "episodes": episodes, "return_mean": result.return_mean,
+              "step": step, "episodes": episodes, "return_mean": result.return_mean,
               "return_std": result.return_std, "length_mean": result.length_mean,
               "returns": list(result.returns), "wall_time_s": round(time.monotonic() - started, 3)}
     if video:

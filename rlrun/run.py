@@ -29,12 +29,10 @@ from rlrun.checkpoint import (
 )
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, make_env, make_vec_env
-from rlrun.evaluation import EvalResult, Evaluator
+from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
 from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
-
-EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation start states apart from the training envs' seeds
 
 
 class NonFiniteError(RuntimeError):
@@ -78,8 +76,11 @@ def load_model_state(agent: Agent, state: dict[str, torch.Tensor]) -> None:
         try:
             module.load_state_dict(sub)
         except RuntimeError as exc:
+            # torch's first line names the module class only; the lines after it name the tensors
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            details = "; ".join(lines[1:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
             raise CheckpointError(f"the checkpoint's network {name!r} does not fit this config: "
-                                  f"{str(exc).splitlines()[0]} (did network.* change?)") from None
+                                  f"{details or lines[0]} (did network.* change?)") from None
 
 
 def _tensorise(obj: Any) -> Any:
@@ -180,7 +181,8 @@ def check_not_a_transfer_run(checkpoint: Path) -> None:
 
 # A resume re-homes the replay buffer (ReplayBuffer.load_arrays); the CUDA-graph update is the same update, and
 # a compiled PPO loss (algo.compile) the same loss up to float rounding.
-RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:", "algo.compile:")
+RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:", "algo.compile:",
+                     "transfer.source:")  # a resumed transfer run rebuilds from its transfer_report.json
 
 
 def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:
@@ -258,6 +260,7 @@ class Run:
         self.state = RunState()
         self._stop_signal: int | None = None
         self.resume_changes: list[str] = []  # RESUME_MAY_CHANGE settings a resume changed (reported)
+        self._best_payload: dict[str, Any] | None = None  # what best.pt holds (a copy also goes into last.pt)
 
         seed_everything(cfg.seed)
         probe = make_env(cfg.env)
@@ -272,7 +275,7 @@ class Run:
         ctx = AgentContext(self.runner.single_observation_space, self.runner.single_action_space,
                            cfg.network, self.device, cfg.seed, cfg.total_steps, num_envs)
         self.agent: Agent = ALGORITHMS[self.algo_name].make_agent(cfg.algo, ctx)
-        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET,
+        self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, eval_base_seed(cfg.seed),
                                    video_dir=self.run_dir / "videos" if cfg.eval.video else None)
 
         # transfer learning (rlrun/transfer.py): a fresh run loads the source; a resumed one has its weights
@@ -306,12 +309,9 @@ class Run:
             csv_length = int(resume_payload["run_state"]["csv_length"])
             source_csv = self.resume_from.parent.parent / "evaluations.csv"
             target_csv = self.run_dir / "evaluations.csv"
-            if not self._resumes_in_place():  # continuing another run's checkpoint here: carry its rows and best.pt
-                if source_csv.exists():
-                    shutil.copyfile(source_csv, target_csv)
-                source_best = self.resume_from.parent / "best.pt"
-                if source_best.exists() and self._best_belongs_to(source_best, int(resume_payload["step"])):
-                    atomic_write(self.ckpt_dir / "best.pt", lambda handle: handle.write(source_best.read_bytes()))
+            if not self._resumes_in_place() and source_csv.exists():  # another run's checkpoint: carry its rows
+                shutil.copyfile(source_csv, target_csv)
+            self._restore_best(resume_payload)
         self.csv = EvaluationsCsv(self.run_dir / "evaluations.csv", resume_length=csv_length)
         start_step = self.runner.global_step
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, cfg.log.every_steps,
@@ -322,6 +322,7 @@ class Run:
                                  f"{self.algo_name} {cfg.env.id} seed={cfg.seed}")
         self._session_start = time.monotonic()
         self._session_start_step = start_step
+        self._session_evaluations = 0
         if resume_payload is not None:
             self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}"
                                   + (f", with changed settings: {'; '.join(self.resume_changes)}"
@@ -330,6 +331,24 @@ class Run:
     def _resumes_in_place(self) -> bool:
         """Whether the checkpoint being resumed is this run directory's own (resume=auto or resume=RUN_DIR)."""
         return self.resume_from is not None and self.resume_from.parent.parent.resolve() == self.run_dir.resolve()
+
+    def _restore_best(self, payload: dict[str, Any]) -> None:
+        """best.pt as the resumed checkpoint knows it. A run killed after an evaluation that wrote a new best.pt but
+        before its next checkpoint left a best.pt from past that checkpoint: its evaluation row is dropped on resume
+        and `best_return_mean` is the checkpoint's. So `last.pt` holds the best evaluation's weights too ("best",
+        since 2026-11-26; {} before any evaluation), and they are written back as best.pt. A checkpoint from
+        before that carries another run's best.pt over when it is not from past the checkpoint, as before."""
+        best_pt = self.ckpt_dir / "best.pt"
+        if "best" in payload:
+            self._best_payload = payload["best"] or None
+            if self._best_payload is not None:
+                save_checkpoint(best_pt, self._best_payload)
+            else:
+                best_pt.unlink(missing_ok=True)  # from an evaluation after the checkpoint, which did not count
+        elif not self._resumes_in_place():
+            source_best = self.resume_from.parent / "best.pt"
+            if source_best.exists() and self._best_belongs_to(source_best, int(payload["step"])):
+                atomic_write(best_pt, lambda handle: handle.write(source_best.read_bytes()))
 
     @staticmethod
     def _best_belongs_to(best: Path, step: int) -> bool:
@@ -389,7 +408,8 @@ class Run:
                                          {"charts/sps": self.progress.steps_per_second(runner.global_step)})
             if status != "interrupted" and self.state.last_eval_step != runner.global_step:
                 self.evaluate(runner.global_step)
-            self.save()
+            if not self._idle_session():  # a requeued finished run: its last.pt already holds this state
+                self.save()
         except NonFiniteError as exc:
             status, error = "failed", str(exc)
         except KeyboardInterrupt:
@@ -409,6 +429,12 @@ class Run:
             raise NonFiniteError(error)
         return summary
 
+    def _idle_session(self) -> bool:
+        """A resumed session that neither stepped nor evaluated (the same command requeued after the run had
+        completed or stopped): it must leave what the run wrote as it was."""
+        return (self.resume_from is not None and self.runner.global_step == self._session_start_step
+                and self._session_evaluations == 0)
+
     def _log_episodes(self) -> None:
         finished = self.runner.pop_finished()
         for episode_return, length, step in zip(finished.returns, finished.lengths, finished.steps):
@@ -419,6 +445,7 @@ class Run:
     def evaluate(self, step: int) -> EvalResult:
         result = self.evaluator.evaluate(self.agent.act, self.state.eval_index,
                                          video_name=f"step{step:08d}" if self.cfg.eval.video else None)
+        self._session_evaluations += 1
         state = self.state
         state.eval_index += 1
         state.last_eval_step = step
@@ -432,7 +459,8 @@ class Run:
             state.solved_at_step, state.solved_at_wall_time_s = step, wall
         if state.best_return_mean is None or result.return_mean > state.best_return_mean:
             state.best_return_mean = result.return_mean
-            save_checkpoint(self.ckpt_dir / "best.pt", self._payload(step, full=False))
+            self._best_payload = self._payload(step, full=False)  # last.pt carries it too (_restore_best)
+            save_checkpoint(self.ckpt_dir / "best.pt", self._best_payload)
         self.progress.last_eval_return = result.return_mean
         self.progress.message(f"step {step:,}: eval return {result.return_mean:.1f} ± {result.return_std:.1f}"
                               f" (length {result.length_mean:.0f})")
@@ -452,7 +480,8 @@ class Run:
             run_state.update(elapsed_before_s=self.elapsed(), csv_length=self.csv.length(),
                              logger=self.logger.state(), rng=rng_states())
             payload.update(agent_state=_tensorise(self.agent.training_state()),
-                           runner_state=_tensorise(self.runner.state()), run_state=run_state)
+                           runner_state=_tensorise(self.runner.state()), run_state=run_state,
+                           best=self._best_payload or {})
         return payload
 
     def save(self) -> None:
@@ -472,7 +501,8 @@ class Run:
         if saved_config:
             try:
                 changes = config_changes(saved_config, self.config_yaml,
-                                         ("seed", "env.id", "env.kwargs", "env.max_episode_steps", "algo"))
+                                         ("seed", "env.id", "env.kwargs", "env.max_episode_steps", "algo", "network",
+                                          "transfer"))
             except yaml.YAMLError:
                 raise CheckpointError(f"{self.resume_from}'s stored config is not valid YAML") from None
             self.resume_changes = [change for change in changes if change.startswith(RESUME_MAY_CHANGE)]
@@ -490,7 +520,11 @@ class Run:
         self.agent.load_training_state(payload["agent_state"])
         buffer = load_buffer(self.resume_from, payload)
         if buffer is not None:
-            self.agent.load_buffer_arrays(buffer)
+            try:
+                self.agent.load_buffer_arrays(buffer)
+            except ValueError as exc:
+                raise CheckpointError(f"replay buffer {payload.get('buffer_file')} next to {self.resume_from}: "
+                                      f"{exc}") from None
         self.runner.load_state(_numpyise(payload["runner_state"]))
         run_state = payload["run_state"]
         for key, default in vars(RunState()).items():  # a field added later reads as its default
@@ -519,14 +553,17 @@ class Run:
             signal.signal(signum, handler)
 
     def write_summary(self, status: str, error: str | None) -> dict[str, Any]:
-        wall = self.elapsed()
         steps = self.runner.global_step
+        kept = self._kept_summary(status, steps)
+        if kept is not None:
+            return kept
+        wall = self.elapsed()
         session_steps = steps - self._session_start_step
         session_wall = time.monotonic() - self._session_start
         summary = {
             "algo": self.algo_name, "env_id": self.cfg.env.id, "seed": self.cfg.seed,
             "total_steps": self.cfg.total_steps, "steps_done": steps, "wall_time_s": round(wall, 3),
-            "steps_per_second": round(session_steps / session_wall, 1) if session_wall > 0 else None,
+            "steps_per_second": round(session_steps / session_wall, 1) if session_steps and session_wall > 0 else None,
             "final_return_mean": self.state.final_return_mean,
             "best_return_mean": self.state.best_return_mean,
             "solved_at_step": self.state.solved_at_step,
@@ -538,6 +575,21 @@ class Run:
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _kept_summary(self, status: str, steps: int) -> dict[str, Any] | None:
+        """The run directory's summary.json, when an idle session finds the run as that summary describes it
+        (completed or stopped at this step): rewriting it would only replace the run's throughput with the idle
+        session's and its wall time with a longer one."""
+        path = self.run_dir / "summary.json"
+        if not (self._idle_session() and status in ("completed", "stopped") and path.exists()):
+            return None
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(kept, dict) and kept.get("status") == status and kept.get("steps_done") == steps:
+            return kept
+        return None
 
     def close(self) -> None:
         self.logger.close()

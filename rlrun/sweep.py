@@ -130,23 +130,37 @@ def _is_ignored(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in IGNORED_KEYS)
 
 
+def _read_yaml(path: Path, kind: type) -> Any:
+    """A .hydra file's content when it is there and of `kind` (dict or list), else None; a damaged one is
+    reported on stderr and left out, so one broken run does not stop a table or a plot of a whole sweep."""
+    if not path.exists():
+        return None
+    try:
+        content = yaml.safe_load(path.read_text()) or kind()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        print(f"rlrun: ignoring {path}: not readable YAML ({type(exc).__name__})", file=sys.stderr)
+        return None
+    if not isinstance(content, kind):
+        print(f"rlrun: ignoring {path}: a {type(content).__name__}, not a {kind.__name__}", file=sys.stderr)
+        return None
+    return content
+
+
 def _read_settings(job_dir: Path) -> tuple[dict[str, str], DictConfig | None]:
     """Group choices (algo=dqn, env=cartpole, …) and command-line overrides of a job, as strings."""
     hydra_dir = job_dir / ".hydra"
     settings: dict[str, str] = {}
-    if (hydra_dir / "hydra.yaml").exists():
-        hydra_yaml = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()) or {}
-        choices = (hydra_yaml.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-        for group, option in choices.items():
-            if not group.startswith("hydra/") and group != "tuned":
-                settings[group] = _canonical(option)
-    if (hydra_dir / "overrides.yaml").exists():
-        for override in yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []:
-            key, _, value = str(override).partition("=")
-            settings[key.lstrip("+~")] = _canonical(value)
-    config = None
-    if (hydra_dir / "config.yaml").exists():
-        config = OmegaConf.create(yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {})
+    hydra_yaml = _read_yaml(hydra_dir / "hydra.yaml", dict) or {}
+    runtime = hydra_yaml.get("hydra", {}).get("runtime", {}) if isinstance(hydra_yaml.get("hydra"), dict) else {}
+    choices = (runtime or {}).get("choices", {}) if isinstance(runtime, dict) else {}
+    for group, option in (choices if isinstance(choices, dict) else {}).items():
+        if not str(group).startswith("hydra/") and group != "tuned":
+            settings[str(group)] = _canonical(option)
+    for override in _read_yaml(hydra_dir / "overrides.yaml", list) or []:
+        key, _, value = str(override).partition("=")
+        settings[key.lstrip("+~")] = _canonical(value)
+    config_yaml = _read_yaml(hydra_dir / "config.yaml", dict)
+    config = OmegaConf.create(config_yaml) if config_yaml is not None else None
     return settings, config
 
 
@@ -181,7 +195,9 @@ def find_runs(paths: Iterable[Path], marker: str = "summary.json") -> list[RunRe
             if (run_dir / "summary.json").exists():
                 try:
                     summary = json.loads((run_dir / "summary.json").read_text())
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    summary = None
+                if not isinstance(summary, dict):  # damaged: the run is drawn from its evaluations.csv alone
                     summary = None
             records[run_dir] = RunRecord(run_dir, job_dir, dict(settings), summary, config)
     return list(records.values())

@@ -264,6 +264,10 @@ class Transfer:
         if info.network not in self._fed_networks():
             return 1.0
         if info.body is not None:
+            if cfg.freeze_layers > info.depth:
+                raise TransferError(f"transfer.freeze_layers={cfg.freeze_layers}, but {info.body} has {info.depth} "
+                                    f"hidden layers: give at most {info.depth} (all of them; "
+                                    f"transfer=feature_extract also freezes the body)")
             if cfg.kind == TransferKind.feature_extract or info.layer < cfg.freeze_layers:
                 return None
             if cfg.kind == TransferKind.layerwise:

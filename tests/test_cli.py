@@ -8,6 +8,8 @@ import torch
 import yaml
 from conftest import read_evaluations, read_summary, rlrun
 
+from rlrun.evaluation import eval_base_seed
+
 TINY = ["algo=dqn", "env=cartpole", "total_steps=600", "eval.every_steps=300", "eval.episodes=2",
         "algo.learning_starts=100", "algo.train_freq=50", "algo.gradient_steps=5", "algo.batch_size=16"]
 
@@ -83,7 +85,7 @@ def test_rlrun_eval_reproduces_the_runs_evaluation_with_normalised_observations(
           "algo.minibatch_size=128", "total_steps=1024", "eval.every_steps=0", "eval.episodes=3")
     in_run = read_evaluations(run_dir)[-1]["return_mean"]
     for which in ("best", "last"):
-        proc = _rlrun_eval(str(run_dir), "--checkpoint", which, "--episodes", "3", "--seed", "1000003")
+        proc = _rlrun_eval(str(run_dir), "--checkpoint", which, "--episodes", "3", "--seed", str(eval_base_seed(0)))
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["return_mean"] == pytest.approx(in_run, abs=1e-4)
     assert "obs_norm" in torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
@@ -145,6 +147,25 @@ def _rlrun_eval(*args):
 
 def test_rlrun_eval_missing_checkpoint(tmp_path):
     _assert_clean_failure(_rlrun_eval(str(tmp_path / "missing.pt")), "does not exist")
+
+
+def test_rlrun_eval_names_what_is_wrong(tiny_run, tmp_path):
+    """A negative --seed, a checkpoint whose step is not a number, weights of another shape: each error says
+    which argument or tensor, before any episode runs."""
+    from rlrun.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir, _ = tiny_run
+    proc = _rlrun_eval(str(run_dir), "--seed", "-1")
+    _assert_clean_failure(proc, "--seed must be >= 0")
+    assert proc.returncode == 2
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    save_checkpoint(tmp_path / "bad_step.pt", {**payload, "step": "abc"})
+    _assert_clean_failure(_rlrun_eval(str(tmp_path / "bad_step.pt")), "bad_step.pt has step 'abc'")
+    wider = {key: (torch.zeros(value.shape[0] + 1, *value.shape[1:]) if key == "q.head.bias" else value)
+             for key, value in payload["model"].items()}
+    save_checkpoint(tmp_path / "bad_shape.pt", {**payload, "model": wider})
+    _assert_clean_failure(_rlrun_eval(str(tmp_path / "bad_shape.pt")), "size mismatch for head.bias",
+                          "did network.* change?")
 
 
 def test_rlrun_eval_checkpoint_with_a_corrupt_config(tmp_path, tiny_run):

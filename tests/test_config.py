@@ -54,6 +54,14 @@ def test_every_combination_composes_and_incompatible_ones_fail_clearly():
     assert checked == len(ALGOS) * len(ENVS) * len(options("network")) * len(options("transfer"))
 
 
+def test_a_discrete_space_not_starting_at_zero_is_refused_clearly():
+    """The agents act with 0 … n−1: an env whose Discrete actions start elsewhere would get wrong actions."""
+    for algo in ("dqn", "ppo", "a2c"):
+        check_action_space(algo, gym.spaces.Discrete(3, start=0), "MyEnv-v0")
+        with pytest.raises(ValueError, match="actions start at -1"):
+            check_action_space(algo, gym.spaces.Discrete(3, start=-1), "MyEnv-v0")
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiments_compose(experiment):
     typed = OmegaConf.to_object(compose([f"experiment={experiment}"]))

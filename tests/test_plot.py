@@ -115,3 +115,18 @@ def test_rlrun_plot_fails_clearly_on_an_output_it_cannot_write(sweep, tmp_path, 
                           cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and output in proc.stderr
     assert not list(tmp_path.glob("curves*"))
+
+
+def test_rlrun_plot_leaves_out_damaged_run_files_and_says_so(sweep, tmp_path):
+    """One run of a sweep with a broken .hydra/overrides.yaml and a summary.json that is not an object: drawn
+    from its evaluations.csv with a warning naming the file, not a traceback for the whole plot."""
+    broken = sweep / "0_algo=dqn,seed=0"
+    (broken / ".hydra" / "overrides.yaml").write_text("{{{: [")
+    (broken / "summary.json").write_text("[1, 2]")
+    (sweep / "1_algo=dqn,seed=1" / ".hydra" / "config.yaml").write_text("- a list\n")
+    proc = subprocess.run([str(BIN / "rlrun-plot"), str(sweep), "-o", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"ignoring {broken / '.hydra' / 'overrides.yaml'}: not readable YAML" in proc.stderr
+    assert "config.yaml: a list, not a dict" in proc.stderr
+    _assert_png(tmp_path / "x.png")

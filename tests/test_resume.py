@@ -24,6 +24,11 @@ PER_ALGO: dict[str, list[str]] = {
             "algo.target_update_interval=100", "algo.buffer_size=3000"],
     "double_dqn": ["algo.learning_starts=200", "algo.train_freq=4", "algo.gradient_steps=1",
                    "algo.batch_size=32", "algo.target_update_interval=100", "algo.buffer_size=3000"],
+    # Their defaults start learning at 10,000 steps, after this run's end: these train from step 500 on, so
+    # the optimizers, target networks, noise and replay sampling all cross the checkpoint.
+    "ddpg": ["algo.learning_starts=500", "algo.batch_size=32", "algo.buffer_size=4000"],
+    "td3": ["algo.learning_starts=500", "algo.batch_size=32", "algo.buffer_size=4000"],
+    "sac": ["algo.learning_starts=500", "algo.batch_size=32", "algo.buffer_size=4000"],
 }
 TOTAL_STEPS = 6000
 CHECKPOINT_EVERY = 1500

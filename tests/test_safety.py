@@ -256,6 +256,23 @@ def test_a_replay_buffer_file_without_its_arrays_is_a_clear_error():
                             "terminated": np.zeros(0), "pos_size": np.zeros(2, dtype=np.int64)})
 
 
+def test_a_replay_buffer_whose_arrays_disagree_is_a_clear_error(tmp_path):
+    """Arrays that pass the zip's checksums but do not make a buffer: refused with the file's name, not a
+    traceback from inside torch's copy (or Python's "not enough values to unpack")."""
+    run_dir = tmp_path / "run"
+    build_run(run_dir, "total_steps=400").train()
+    (buffer_file,) = (run_dir / "checkpoints").glob("last-buffer-*.npz")
+    with np.load(buffer_file, allow_pickle=False) as data:
+        good = {key: data[key] for key in data.files}
+    for damage, message in [({"actions": good["actions"][:100]}, "actions is int64 \\(100,\\)"),
+                            ({"pos_size": good["pos_size"][:1]}, "pos_size is"),
+                            ({"obs": good["obs"][:, :2]}, "obs is float32"),
+                            ({"pos_size": np.array([5, 3])}, "position 5 and size 3")]:
+        np.savez(buffer_file.with_suffix(""), **{**good, **damage})  # np.savez adds the .npz back
+        with pytest.raises(CheckpointError, match=f"replay buffer {buffer_file.name} next to .*{message}"):
+            build_run(run_dir, "total_steps=800", "resume=auto")
+
+
 def test_rlrun_eval_does_not_import_a_module_a_checkpoint_names(tmp_path):
     """Gymnasium imports `module` for an id `module:Env`: from a checkpoint that would be code chosen by data."""
     run_dir = tmp_path / "run"
@@ -268,3 +285,92 @@ def test_rlrun_eval_does_not_import_a_module_a_checkpoint_names(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "--import-env-module" in proc.stderr
     assert "Beautiful is better than ugly" not in proc.stdout  # `import this` prints the Zen of Python
+
+
+def _assert_best_matches_the_evaluations(run_dir: Path) -> None:
+    """best.pt is the first evaluation with the highest mean in evaluations.csv, which summary.json reports."""
+    from conftest import read_evaluations
+
+    rows = read_evaluations(run_dir)
+    best_row = max(rows, key=lambda row: row["return_mean"])  # the first of equal maxima, as the run keeps it
+    assert read_summary(run_dir)["best_return_mean"] == pytest.approx(best_row["return_mean"])
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["step"] == int(best_row["step"])
+    assert all(bool(value.abs().sum() > 0) for key, value in best["model"].items() if key.endswith("weight"))
+
+
+def test_a_best_pt_from_past_the_last_checkpoint_is_put_back_on_resume(tmp_path):
+    """kill -9 after an evaluation wrote a new best.pt but before the next checkpoint: the resumed run drops that
+    evaluation's row and goes on from the checkpoint's best, so best.pt must be the checkpoint's best again, in
+    place and when the checkpoint is continued into a new directory."""
+    run_dir = tmp_path / "run"
+    build_run(run_dir, "total_steps=400").train()
+    _assert_best_matches_the_evaluations(run_dir)
+    # What the kill leaves: a best.pt (and an evaluation row) from step 600, after last.pt's step 400.
+    forged = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    forged["step"] = 600
+    forged["model"] = {key: torch.zeros_like(value) for key, value in forged["model"].items()}
+    save_checkpoint(run_dir / "checkpoints" / "best.pt", forged)
+    with open(run_dir / "evaluations.csv", "a") as handle:
+        handle.write("600,1.0,500.0,0.0,500.0\n")
+    build_run(tmp_path / "continued", "total_steps=400", f"resume={run_dir}").train()
+    _assert_best_matches_the_evaluations(tmp_path / "continued")
+    build_run(run_dir, "total_steps=400", "resume=auto").train()
+    _assert_best_matches_the_evaluations(run_dir)
+
+
+def test_requeueing_a_finished_run_leaves_its_summary_and_checkpoint_as_they_were(tmp_path):
+    run_dir = tmp_path / "run"
+    build_run(run_dir).train()
+    kept = {name: (run_dir / name).read_bytes() for name in ("summary.json", "checkpoints/last.pt",
+                                                             "checkpoints/best.pt", "evaluations.csv")}
+    assert read_summary(run_dir)["steps_per_second"] > 0 and read_summary(run_dir)["resumed_from"] is None
+    build_run(run_dir, "resume=auto").train()  # the same command, requeued after the run had completed
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    # Continued into a new directory with nothing left to do: no throughput to report, not 0.
+    build_run(tmp_path / "continued", f"resume={run_dir}").train()
+    summary = read_summary(tmp_path / "continued")
+    assert summary["status"] == "completed" and summary["steps_per_second"] is None
+
+
+@pytest.mark.parametrize("change", ["network.activation=tanh", "network.hidden=[16,16]"])
+def test_a_resume_that_changes_the_network_is_refused_clearly(tmp_path, change):
+    run_dir = tmp_path / "run"
+    build_run(run_dir, "total_steps=400").train()
+    with pytest.raises(CheckpointError, match="cannot resume .* with another network"):
+        build_run(run_dir, "total_steps=800", "resume=auto", change)
+
+
+@pytest.mark.parametrize("change", ["transfer=finetune", "transfer.lr_scale=0.5"])
+def test_a_resume_that_changes_the_transfer_is_refused_clearly(tmp_path, change):
+    """The frozen set and the optimizer's param groups belong to the transfer settings the run started with
+    (torch's own "parameter group that doesn't match" came out before)."""
+    source, run_dir = tmp_path / "source", tmp_path / "run"
+    build_run(source, "total_steps=400").train()
+    transfer = ["transfer=freeze", f"transfer.source={source}"]
+    build_run(run_dir, "total_steps=400", *transfer).train()
+    with pytest.raises(CheckpointError, match="cannot resume .* with another transfer"):
+        build_run(run_dir, "total_steps=800", "resume=auto", *transfer, change)
+    build_run(run_dir, "total_steps=800", "resume=auto", *transfer).train()  # the same settings resume
+    assert read_summary(run_dir)["steps_done"] >= 800
+
+
+def test_a_full_disk_as_the_run_starts_is_a_clear_error(tmp_path):
+    """The first file the run writes (evaluations.csv) does not fit: one line naming the problem and exit 1, not
+    a traceback. (Checkpoint writes that fail have their own message: the tests above.)"""
+    script = textwrap.dedent(f"""
+        import errno, sys
+        import rlrun.logger
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", "evaluations.csv")
+
+        rlrun.logger.EvaluationsCsv.__init__ = full
+        sys.argv = ["rlrun", "hydra.run.dir={tmp_path / 'run'}", *{TINY!r}]
+        from rlrun.cli import main
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "cannot read or write the run's files under" in proc.stderr and "No space left on device" in proc.stderr

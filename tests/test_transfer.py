@@ -96,6 +96,13 @@ def test_param_groups_carry_the_configured_learning_rates(source, tmp_path):
     assert by_name["actor.head.weight"] == pytest.approx(1e-3 * 0.1)
 
 
+def test_freezing_more_layers_than_the_body_has_is_refused_clearly(source, tmp_path):
+    common = [*CARTPOLE, "total_steps=64", "transfer=freeze", f"transfer.source={source}"]
+    with pytest.raises(TransferError, match="freeze_layers=3, but .* has 2 hidden layers"):
+        build_run(tmp_path / "a", *common, "transfer.freeze_layers=3")
+    build_run(tmp_path / "b", *common, "transfer.freeze_layers=2")  # the whole body: allowed
+
+
 def test_regroup_optimizer_drops_frozen_and_splits_by_scale():
     a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
     opt = torch.optim.Adam([a, b, c], lr=0.01, eps=1e-5)

@@ -43,6 +43,12 @@ def check_action_space(name: str, action_space: gym.Space, env_id: str) -> None:
     """Raise a clear error when the algorithm cannot act in this action space."""
     spec = ALGORITHMS[name]
     if isinstance(action_space, gym.spaces.Discrete):
+        if int(action_space.start) != 0:
+            # Every agent acts with indices 0 … n−1; shifted ones would be wrong or invalid actions.
+            raise ValueError(
+                f"{env_id} has action space {action_space}, whose actions start at {int(action_space.start)}; "
+                f"rlrun's agents act with 0 … n−1. Wrap the env to take 0-based actions (e.g. a gymnasium "
+                f"ActionWrapper that adds {int(action_space.start)}) and pass it as env.id.")
         if not spec.discrete:
             raise ValueError(
                 f"algo={name} needs a continuous (Box) action space, but {env_id} has {action_space}. "
