@@ -430,9 +430,10 @@ class Run:
         return summary
 
     def _idle_session(self) -> bool:
-        """A resumed session that neither stepped nor evaluated (the same command requeued after the run had
-        completed or stopped): it must leave what the run wrote as it was."""
-        return (self.resume_from is not None and self.runner.global_step == self._session_start_step
+        """A session resumed in place that neither stepped nor evaluated (the same command requeued after the run
+        had completed or stopped): it must leave what the run wrote as it was. (A checkpoint continued into a new
+        directory always writes that directory's own last.pt and summary.)"""
+        return (self._resumes_in_place() and self.runner.global_step == self._session_start_step
                 and self._session_evaluations == 0)
 
     def _log_episodes(self) -> None:

@@ -331,6 +331,7 @@ def test_requeueing_a_finished_run_leaves_its_summary_and_checkpoint_as_they_wer
     build_run(tmp_path / "continued", f"resume={run_dir}").train()
     summary = read_summary(tmp_path / "continued")
     assert summary["status"] == "completed" and summary["steps_per_second"] is None
+    assert load_checkpoint(tmp_path / "continued" / "checkpoints" / "last.pt")["step"] == summary["steps_done"]
 
 
 @pytest.mark.parametrize("change", ["network.activation=tanh", "network.hidden=[16,16]"])
