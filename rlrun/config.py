@@ -131,7 +131,7 @@ class LogConfig:
     progress: Progress = Progress.auto
     """Progress display: auto (rich on a terminal, plain lines otherwise), rich, plain, none."""
     every_steps: int = 1000
-    """Write losses and rates to TensorBoard every this many env steps."""
+    """Write losses and rates to TensorBoard every this many env steps (0 = every iteration)."""
     plain_every_s: float = 10.0
     """Seconds between plain progress lines."""
     tensorboard: bool = True
@@ -171,7 +171,7 @@ class Config:
     stop_at_return: float | None = None
     """Stop once an evaluation mean reaches this; null = never."""
     torch_threads: int = 1
-    """torch intra-op threads; small MLPs are fastest with 1."""
+    """torch intra-op threads; small MLPs are fastest with 1; 0 = torch's default (the core count)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

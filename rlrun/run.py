@@ -239,6 +239,10 @@ class Run:
             raise ValueError(f"total_steps must be positive, got {cfg.total_steps}")
         if cfg.eval.every_steps < 0 or cfg.checkpoint.every_steps < 0:
             raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0 (0 = off)")
+        if cfg.log.every_steps < 0:
+            raise ValueError(f"log.every_steps must be >= 0 (0 = every iteration), got {cfg.log.every_steps}")
+        if cfg.torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0 (0 = torch's default), got {cfg.torch_threads}")
         if cfg.seed < 0:
             raise ValueError(f"seed must be >= 0, got {cfg.seed}")
         if any(width <= 0 for width in cfg.network.hidden):

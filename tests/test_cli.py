@@ -131,6 +131,8 @@ def _assert_clean_failure(proc, *needles):
      if not torch.cuda.is_available() else ["no checkpoint"]),
     (["resume=/no/such/run"], ["no checkpoint"]),
     (["seed=-1"], ["seed must be >= 0"]),
+    (["log.every_steps=-1"], ["log.every_steps must be >= 0"]),
+    (["torch_threads=-3"], ["torch_threads must be >= 0"]),
     (["network.hidden=[-4]"], ["network.hidden"]),
     (["network.hidden=[0]"], ["network.hidden"]),
     (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
