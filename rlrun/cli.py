@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -132,7 +133,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C while starting (imports, config, building the run): nothing was trained yet
+        _error("interrupted while starting, before training began; run the same command again to start (or, with "
+               "resume=auto, to resume a run that had been started)")
+        sys.exit(128 + signal.SIGINT)
 
 
 # -- rlrun-eval ------------------------------------------------------------------------------------------

@@ -183,3 +183,18 @@ def test_rlrun_eval_corrupt_checkpoint(tmp_path, tiny_run):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes()[:200])
     _assert_clean_failure(_rlrun_eval(str(corrupt)), "corrupt")
+
+
+def test_ctrl_c_while_starting_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """Before the run installs its own handler (which checkpoints), a Ctrl-C while Hydra composes the config or
+    the run is built: one line and exit 130. (One during the imports, before `main` runs, is Python's.)"""
+    from rlrun import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_hydra_main", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 130
+    assert "interrupted while starting, before training began" in capsys.readouterr().err
