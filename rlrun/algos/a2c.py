@@ -95,7 +95,7 @@ class A2CAgent(OnPolicyCheckpoint):
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
         if cfg.optimizer == Optimizer.rmsprop:
             # foreach: torch picks the per-tensor loop on a CPU; the foreach kernels give bit-identical weights
-            # in fewer dispatches (RMSprop.step 511 → 409 µs on A2C's twelve tensors, measured).
+            # in fewer dispatches (RMSprop.step ~390 → ~242 µs on A2C's twelve tensors; zoo A2C +5.8% env steps/s).
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
                 self.params, lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.optimizer_eps, foreach=True)
         else:
