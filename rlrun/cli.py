@@ -81,9 +81,11 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
               if summary["solved_at_step"] is not None else "not solved")
     final = summary["final_return_mean"]
     best = summary["best_return_mean"]
+    rate = summary["steps_per_second"]
     print(f"[{summary['status']}] {summary['algo']} on {summary['env_id']} seed={summary['seed']}: "
           f"{summary['steps_done']:,} steps in {summary['wall_time_s']:.1f} s "
-          f"({summary['steps_per_second']} steps/s); final eval {final if final is None else round(final, 1)}, "
+          f"({f'{rate} steps/s' if rate is not None else 'no steps this session'}); "
+          f"final eval {final if final is None else round(final, 1)}, "
           f"best {best if best is None else round(best, 1)}, {solved}. Run dir: {run_dir}", flush=True)
 
 

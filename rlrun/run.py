@@ -211,12 +211,18 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_changes(saved_yaml: str, current_yaml: str, keys: tuple[str, ...]) -> list[str]:
+def config_changes(saved_yaml: str, current_yaml: str, keys: tuple[str, ...],
+                   added: tuple[str, ...] = ()) -> list[str]:
     """`name: saved → current` for each setting under `keys` ("seed", "env.id", "algo") that differs between
-    two resolved configs (a checkpoint's and this run's)."""
+    two resolved configs (a checkpoint's and this run's). Settings under `added` that the saved config lacks
+    (written by a version without them) are not counted as changes."""
     saved, current = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(current_yaml) or {})
+
+    def under(name: str, prefixes: tuple[str, ...]) -> bool:
+        return any(name == key or name.startswith(f"{key}.") for key in prefixes)
+
     names = sorted(name for name in saved.keys() | current.keys()
-                   if any(name == key or name.startswith(f"{key}.") for key in keys))
+                   if under(name, keys) and (name in saved or not under(name, added)))
     return [f"{name}: {saved.get(name)} → {current.get(name)}" for name in names
             if not _same_value(saved.get(name), current.get(name))]
 
@@ -341,7 +347,8 @@ class Run:
         before its next checkpoint left a best.pt from past that checkpoint: its evaluation row is dropped on resume
         and `best_return_mean` is the checkpoint's. So `last.pt` holds the best evaluation's weights too ("best",
         since 2026-11-26; {} before any evaluation), and they are written back as best.pt. A checkpoint from
-        before that carries another run's best.pt over when it is not from past the checkpoint, as before."""
+        before that keeps the best.pt that is not from past it (carried over from another run's directory), and
+        this run's checkpoints hold that one from then on."""
         best_pt = self.ckpt_dir / "best.pt"
         if "best" in payload:
             self._best_payload = payload["best"] or None
@@ -349,10 +356,13 @@ class Run:
                 save_checkpoint(best_pt, self._best_payload)
             else:
                 best_pt.unlink(missing_ok=True)  # from an evaluation after the checkpoint, which did not count
-        elif not self._resumes_in_place():
-            source_best = self.resume_from.parent / "best.pt"
-            if source_best.exists() and self._best_belongs_to(source_best, int(payload["step"])):
-                atomic_write(best_pt, lambda handle: handle.write(source_best.read_bytes()))
+            return
+        source_best = self.resume_from.parent / "best.pt"
+        if not (source_best.exists() and self._best_belongs_to(source_best, int(payload["step"]))):
+            return  # `_payload` then leaves "best" out of this run's checkpoints until an evaluation writes one
+        if not self._resumes_in_place():
+            atomic_write(best_pt, lambda handle: handle.write(source_best.read_bytes()))
+        self._best_payload = {key: value for key, value in load_checkpoint(source_best).items() if key != "format"}
 
     @staticmethod
     def _best_belongs_to(best: Path, step: int) -> bool:
@@ -485,8 +495,9 @@ class Run:
             run_state.update(elapsed_before_s=self.elapsed(), csv_length=self.csv.length(),
                              logger=self.logger.state(), rng=rng_states())
             payload.update(agent_state=_tensorise(self.agent.training_state()),
-                           runner_state=_tensorise(self.runner.state()), run_state=run_state,
-                           best=self._best_payload or {})
+                           runner_state=_tensorise(self.runner.state()), run_state=run_state)
+            if self._best_payload is not None or self.state.best_return_mean is None:
+                payload["best"] = self._best_payload or {}  # else unknown (see _restore_best): left out
         return payload
 
     def save(self) -> None:
@@ -507,7 +518,7 @@ class Run:
             try:
                 changes = config_changes(saved_config, self.config_yaml,
                                          ("seed", "env.id", "env.kwargs", "env.max_episode_steps", "algo", "network",
-                                          "transfer"))
+                                          "transfer"), added=("network", "transfer"))
             except yaml.YAMLError:
                 raise CheckpointError(f"{self.resume_from}'s stored config is not valid YAML") from None
             self.resume_changes = [change for change in changes if change.startswith(RESUME_MAY_CHANGE)]

@@ -264,10 +264,6 @@ class Transfer:
         if info.network not in self._fed_networks():
             return 1.0
         if info.body is not None:
-            if cfg.freeze_layers > info.depth:
-                raise TransferError(f"transfer.freeze_layers={cfg.freeze_layers}, but {info.body} has {info.depth} "
-                                    f"hidden layers: give at most {info.depth} (all of them; "
-                                    f"transfer=feature_extract also freezes the body)")
             if cfg.kind == TransferKind.feature_extract or info.layer < cfg.freeze_layers:
                 return None
             if cfg.kind == TransferKind.layerwise:
@@ -317,6 +313,12 @@ class Transfer:
         if not fed:
             raise TransferError(f"transfer.source {path} has networks {sorted({network_of(k) for k in source})}; "
                                 f"none feeds this algorithm's {list(self.modules)} (set transfer.map)")
+        # Checked for a fresh transfer only: a run started before this check resumes with the settings it has.
+        for info in self.info.values():
+            if info.body is not None and info.network in fed and self.cfg.freeze_layers > info.depth:
+                raise TransferError(f"transfer.freeze_layers={self.cfg.freeze_layers}, but {info.body} has "
+                                    f"{info.depth} hidden layers: give at most {info.depth} (all of them; "
+                                    f"transfer=feature_extract also freezes the body)")
         report = TransferReport(str(path), meta["algo"], meta["env_id"], meta["step"], self.cfg.kind.value,
                                 self.network_map, unfreeze_at_step=self.cfg.unfreeze_at_step)
         used: set[str] = set()

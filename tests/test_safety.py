@@ -319,6 +319,38 @@ def test_a_best_pt_from_past_the_last_checkpoint_is_put_back_on_resume(tmp_path)
     _assert_best_matches_the_evaluations(run_dir)
 
 
+def test_a_checkpoint_from_before_best_was_kept_in_last_pt_keeps_its_best_pt(tmp_path):
+    """A last.pt written before it carried "best": the best.pt beside it stays, and is what this run's later
+    checkpoints carry (a review found the next resume deleting it when no new evaluation beat the old best)."""
+    run_dir = tmp_path / "run"
+    build_run(run_dir, "total_steps=400").train()
+    last = run_dir / "checkpoints" / "last.pt"
+    legacy = load_checkpoint(last)
+    legacy.pop("best")
+    legacy["run_state"]["best_return_mean"] = 1e9  # so no evaluation of the resumed run writes a new best.pt
+    save_checkpoint(last, legacy, load_buffer(last, legacy), step=legacy["step"])
+    build_run(run_dir, "total_steps=800", "resume=auto").train()
+    assert load_checkpoint(last)["best"]["step"] == 400
+    build_run(run_dir, "total_steps=800", "resume=auto").train()  # requeued once more
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["step"] == 400
+
+
+def test_a_checkpoint_whose_config_predates_the_transfer_section_still_resumes(tmp_path):
+    """Settings that an older rlrun did not write (its config had no `transfer:`) are not changes."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    build_run(run_dir, "total_steps=400").train()
+    last = run_dir / "checkpoints" / "last.pt"
+    old = load_checkpoint(last)
+    config = yaml.safe_load(old["config"])
+    del config["transfer"]
+    old["config"] = yaml.safe_dump(config)
+    save_checkpoint(last, old, load_buffer(last, old), step=old["step"])
+    build_run(run_dir, "total_steps=800", "resume=auto").train()
+    assert read_summary(run_dir)["steps_done"] >= 800
+
+
 def test_requeueing_a_finished_run_leaves_its_summary_and_checkpoint_as_they_were(tmp_path):
     run_dir = tmp_path / "run"
     build_run(run_dir).train()
