@@ -17,12 +17,15 @@ from rlrun.envs import make_env
 def eval_base_seed(seed: int) -> int:
     """The reset seed of the first evaluation episode of run `seed` (`Evaluator`'s `base_seed`).
 
-    Drawn from `SeedSequence([seed, 1])`, a 64-bit number, so runs with neighbouring seeds evaluate on unrelated
-    start states, and none on the training envs' seeds (seed + i). A fixed offset (seed + 1,000,003 until
-    2026-11-26) gave seeds s and s + 1 nine of every ten evaluation episodes in common, which made a sweep's
-    spread over seeds, and the mean of a multi-seed objective, look steadier than it is.
+    Drawn from `SeedSequence([seed, 1])`, so runs with neighbouring seeds evaluate on unrelated start states. A
+    fixed offset (seed + 1,000,003 until 2026-11-26) gave seeds s and s + 1 nine of every ten evaluation episodes
+    in common, which made a sweep's spread over seeds, and the mean of a multi-seed objective, look steadier than
+    it is. The base lies in [2^20, 2^32 − 2^20): away from the training envs' seeds (seed + i), and with room for
+    2^20 episodes below 2^32, so an env that hands its seed to a 32-bit seeding API (NumPy's legacy
+    `RandomState`) takes every one of them.
     """
-    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0])
+    draw = int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint32)[0])
+    return (1 << 20) + draw % ((1 << 32) - (1 << 21))
 
 
 @dataclass(frozen=True)
