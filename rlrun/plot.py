@@ -75,7 +75,11 @@ def _env_and_threshold(record: RunRecord) -> tuple[str, float | None]:
         env_id = env_id or OmegaConf.select(record.config, "env.id", default=None)
         if threshold is None:
             threshold = OmegaConf.select(record.config, "env.reward_threshold", default=None)
-    return str(env_id or "unknown env"), (float(threshold) if threshold is not None else None)
+    try:
+        threshold = float(threshold) if threshold is not None else None
+    except (TypeError, ValueError):  # a hand-edited summary.json or config: draw no threshold line
+        threshold = None
+    return str(env_id or "unknown env"), threshold
 
 
 def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | None = None) -> dict[str, int]:

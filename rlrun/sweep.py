@@ -112,7 +112,10 @@ class RunRecord:
     @property
     def seed(self) -> int | None:
         if self.summary is not None and self.summary.get("seed") is not None:
-            return int(self.summary["seed"])
+            try:
+                return int(self.summary["seed"])
+            except (TypeError, ValueError):  # a hand-edited summary.json: fall back to the config's seed
+                pass
         if self.config is not None:
             return OmegaConf.select(self.config, "seed", default=None)
         return None

@@ -123,6 +123,7 @@ def test_rlrun_plot_leaves_out_damaged_run_files_and_says_so(sweep, tmp_path):
     broken = sweep / "0_algo=dqn,seed=0"
     (broken / ".hydra" / "overrides.yaml").write_text("{{{: [")
     (broken / "summary.json").write_text("[1, 2]")
+    (sweep / "2_algo=dqn,seed=2" / "summary.json").write_text(json.dumps({"seed": "two", "reward_threshold": "x"}))
     (sweep / "1_algo=dqn,seed=1" / ".hydra" / "config.yaml").write_text("- a list\n")
     proc = subprocess.run([str(BIN / "rlrun-plot"), str(sweep), "-o", str(tmp_path / "x.png")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
