@@ -317,7 +317,8 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
 
     out = Path(args.out)
-    earlier = out.read_text().rstrip("\n") + "\n\n" if out.exists() and out.read_text().strip() else ""
+    held = out.read_text().strip() if out.exists() else ""
+    earlier = held + "\n\n" if held else ""
     title = f"rlrun benchmark — {dt.date.today().isoformat()}"
     lines = [f"## {title}" if earlier else f"# {title}", "",
              f"Machine: {machine(args.device)}; training on {args.device}, {torch.get_num_threads()} torch thread(s) for "

@@ -21,7 +21,6 @@ from rlrun.algos import ALGORITHMS, Agent, check_action_space
 from rlrun.algos.protocol import AgentContext
 from rlrun.checkpoint import (
     CheckpointError,
-    atomic_write,
     atomic_write_text,
     load_buffer,
     load_checkpoint,
@@ -357,21 +356,25 @@ class Run:
             else:
                 best_pt.unlink(missing_ok=True)  # from an evaluation after the checkpoint, which did not count
             return
-        source_best = self.resume_from.parent / "best.pt"
-        if not (source_best.exists() and self._best_belongs_to(source_best, int(payload["step"]))):
+        kept = self._best_at_or_before(self.resume_from.parent / "best.pt", int(payload["step"]))
+        if kept is None:
             return  # `_payload` then leaves "best" out of this run's checkpoints until an evaluation writes one
         if not self._resumes_in_place():
-            atomic_write(best_pt, lambda handle: handle.write(source_best.read_bytes()))
-        self._best_payload = {key: value for key, value in load_checkpoint(source_best).items() if key != "format"}
+            save_checkpoint(best_pt, kept)
+        self._best_payload = kept
 
     @staticmethod
-    def _best_belongs_to(best: Path, step: int) -> bool:
-        """Whether `best` was saved at or before `step` (a run killed after a later best.pt has one from past its
-        last checkpoint: its return is not in the restored counters, and its evaluation row was dropped)."""
+    def _best_at_or_before(best: Path, step: int) -> dict[str, Any] | None:
+        """`best`'s payload when it exists, is readable and was saved at or before `step`, else None (a run killed
+        after a later best.pt has one from past its last checkpoint: its return is not in the restored counters,
+        and its evaluation row was dropped)."""
         try:
-            return int(load_checkpoint(best).get("step", step + 1)) <= step
-        except CheckpointError:
-            return False
+            payload = load_checkpoint(best)
+            if int(payload.get("step", step + 1)) > step:
+                return None
+        except (CheckpointError, TypeError, ValueError):
+            return None
+        return {key: value for key, value in payload.items() if key != "format"}
 
     def _already_stopped(self) -> bool:
         """A resumed run that stop_at_return had stopped stays stopped (as a completed one stays complete), so the

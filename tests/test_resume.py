@@ -271,4 +271,5 @@ def test_a_best_pt_from_past_the_checkpoint_is_not_carried(tmp_path):
 
     best = tmp_path / "best.pt"
     save_checkpoint(best, {"model": {}, "step": 3000})
-    assert Run._best_belongs_to(best, 3000) and not Run._best_belongs_to(best, 2000)
+    assert Run._best_at_or_before(best, 3000) == {"model": {}, "step": 3000}
+    assert Run._best_at_or_before(best, 2000) is None and Run._best_at_or_before(tmp_path / "none.pt", 3000) is None
