@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -89,6 +88,20 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
           f"best {best if best is None else round(best, 1)}, {solved}. Run dir: {run_dir}", flush=True)
 
 
+def interrupted_message(exc: Any, run_dir: Path) -> str:
+    """What an interrupted run says: where its files are, and the step a resume continues from when a second
+    Ctrl-C cut the final checkpoint short (`exc` is a `RunInterrupted`)."""
+    done, saved = exc.summary["steps_done"], exc.summary["checkpoint_step"]
+    if saved is None:
+        return (f"interrupted by {exc} before the run's first checkpoint was written (step {done:,}); "
+                f"summary.json (status interrupted) is in {run_dir}. Start it again from step 0 with resume=auto and the "
+                f"same hydra.run.dir, or in another hydra.run.dir.")
+    lost = (f"; it holds step {saved:,}, the {done - saved:,} steps after it were not saved (a second Ctrl-C stopped "
+            f"the final checkpoint)" if saved != done else "")
+    return (f"interrupted by {exc}; checkpoint and summary.json (status interrupted) are in {run_dir}{lost}. "
+            f"Continue with resume={run_dir} (or resume=auto and the same hydra.run.dir).")
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlrun.run import NonFiniteError, RunInterrupted
@@ -109,8 +122,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         else:
             runs = [(train_job(cfg, run_dir), run_dir)]
     except RunInterrupted as exc:
-        _error(f"interrupted by {exc}; checkpoint and summary.json (status interrupted) are in {run_dir}. "
-               f"Continue with resume={run_dir} (or resume=auto and the same hydra.run.dir).")
+        _error(interrupted_message(exc, run_dir))
         sys.exit(128 + exc.signum)
     except NonFiniteError as exc:
         _error(str(exc))
@@ -135,12 +147,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    from rlrun.entry import RLRUN_STARTING, interrupted
+
     try:
         _hydra_main()
-    except KeyboardInterrupt:  # Ctrl-C while starting (imports, config, building the run): nothing was trained yet
-        _error("interrupted while starting, before training began; run the same command again to start (or, with "
-               "resume=auto, to resume a run that had been started)")
-        sys.exit(128 + signal.SIGINT)
+    except KeyboardInterrupt:  # Ctrl-C while Hydra composes the config or the run is built: nothing was trained yet
+        interrupted("rlrun", RLRUN_STARTING)
 
 
 # -- rlrun-eval ------------------------------------------------------------------------------------------

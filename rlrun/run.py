@@ -39,11 +39,13 @@ class NonFiniteError(RuntimeError):
 
 
 class RunInterrupted(Exception):
-    """The run stopped on SIGINT/SIGTERM after writing its checkpoint and summary."""
+    """The run stopped on SIGINT/SIGTERM after writing its summary and (unless a second Ctrl-C cut it short) its
+    checkpoint; `summary` says which step that checkpoint holds."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, summary: dict[str, Any]):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.summary = summary
 
 
 def seed_everything(seed: int) -> None:
@@ -332,6 +334,8 @@ class Run:
         self._session_start = time.monotonic()
         self._session_start_step = start_step
         self._session_evaluations = 0
+        # The step this run directory's last.pt holds (None before its first): what resume=auto continues from.
+        self._checkpoint_step = start_step if self._resumes_in_place() else None
         if resume_payload is not None:
             self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}"
                                   + (f", with changed settings: {'; '.join(self.resume_changes)}"
@@ -441,7 +445,7 @@ class Run:
             summary = self.write_summary(status, error)
             self.close()
         if status == "interrupted" and self._stop_signal is not None:
-            raise RunInterrupted(self._stop_signal)
+            raise RunInterrupted(self._stop_signal, summary)
         if status == "failed":
             raise NonFiniteError(error)
         return summary
@@ -508,6 +512,7 @@ class Run:
         check_parameters_finite(self.agent)
         save_checkpoint(self.ckpt_dir / "last.pt", self._payload(step, full=True), self.agent.buffer_arrays(),
                         step=step)
+        self._checkpoint_step = step
 
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload.get("algo") != self.algo_name or payload.get("env_id") != self.cfg.env.id:
@@ -590,7 +595,7 @@ class Run:
                                       if self.state.solved_at_wall_time_s is not None else None),
             "status": status, "reward_threshold": self.cfg.env.reward_threshold,
             "device": str(self.device), "resumed_from": str(self.resume_from) if self.resume_from else None,
-            "error": error,
+            "error": error, "checkpoint_step": self._checkpoint_step,
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

@@ -130,7 +130,8 @@ def test_signal_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, sign
     summary = read_summary(resumed)
     assert summary["status"] == "interrupted" and summary["steps_done"] < TOTAL_STEPS
     payload = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
-    assert payload["step"] == summary["steps_done"]  # the checkpoint was written at the interruption
+    assert payload["step"] == summary["steps_done"] == summary["checkpoint_step"]  # written at the interruption
+    assert f"Continue with resume={resumed}" in output and "not saved" not in output
     rlrun(resumed, *overrides)
     assert read_summary(resumed)["status"] == "completed"
     assert_same_run(reference, resumed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -120,8 +122,9 @@ def test_full_disk_during_a_run_fails_clearly_and_keeps_the_checkpoint(tmp_path,
     with pytest.raises(CheckpointError, match="no space left"):
         run.train()
     monkeypatch.undo()
-    assert read_summary(tmp_path)["status"] == "failed"
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] > 0
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed"
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == summary["checkpoint_step"] > 0
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -142,7 +145,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     summary = read_summary(tmp_path)
     assert summary["status"] == "failed" and "losses/td_loss" in summary["error"]
     kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert kept["step"] < summary["steps_done"]
+    assert kept["step"] == summary["checkpoint_step"] < summary["steps_done"]
     assert all(torch.isfinite(value).all() for value in kept["model"].values())
 
 
@@ -153,8 +156,46 @@ def test_nan_parameter_is_caught_before_it_is_checkpointed(tmp_path):
     run.agent.update = lambda: {}  # no loss to catch it first: the parameter check must
     with pytest.raises(NonFiniteError, match="q.head.bias"):
         run.train()
-    assert read_summary(tmp_path)["status"] == "failed"
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed" and summary["checkpoint_step"] is None
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_a_second_ctrl_c_during_the_final_checkpoint_says_which_step_resume_continues_from(tmp_path, monkeypatch,
+                                                                                          periodic):
+    """Ctrl-C, then Ctrl-C again while the final checkpoint is written: that write is abandoned (the previous
+    last.pt stays whole) and summary.json and the message say which step a resume continues from."""
+    from rlrun.cli import interrupted_message
+    from rlrun.run import RunInterrupted
+
+    run = build_run(tmp_path, f"checkpoint.every_steps={200 if periodic else 0}")
+    real_save, real_iteration = run_module.save_checkpoint, run.agent.train_iteration
+
+    def first_ctrl_c_at_step_500(runner):
+        metrics = real_iteration(runner)
+        if runner.global_step >= 500 and run._stop_signal is None:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    def second_ctrl_c_during_the_final_save(path, payload, *args, **kwargs):
+        if run._stop_signal is not None:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(path, payload, *args, **kwargs)
+
+    run.agent.train_iteration = first_ctrl_c_at_step_500
+    monkeypatch.setattr(run_module, "save_checkpoint", second_ctrl_c_during_the_final_save)
+    with pytest.raises(RunInterrupted) as interrupted:
+        run.train()
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "interrupted" and summary["steps_done"] >= 500
+    message = interrupted_message(interrupted.value, tmp_path)
+    if periodic:
+        assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == summary["checkpoint_step"] == 400
+        assert f"it holds step 400, the {summary['steps_done'] - 400:,} steps after it were not saved" in message
+    else:
+        assert summary["checkpoint_step"] is None and not (tmp_path / "checkpoints" / "last.pt").exists()
+        assert "before the run's first checkpoint was written" in message and "resume=auto" in message
 
 
 class _Payload:
