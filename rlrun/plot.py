@@ -65,6 +65,21 @@ def mean_and_spread(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 2
     return grid, values.mean(axis=0), values.std(axis=0)
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def runs_and_seeds(runs: list[RunRecord]) -> str:
+    """"3 seeds" for a group of runs with distinct seeds; "4 runs, 3 seeds" where runs share a seed (a repeated run,
+    a continuation in another directory), "2 runs" where no seed is known."""
+    seeds = {run.seed for run in runs if run.seed is not None}
+    if len(seeds) == len(runs):
+        return _plural(len(runs), "seed")
+    if not seeds:
+        return _plural(len(runs), "run")
+    return f"{len(runs)} runs, {_plural(len(seeds), 'seed')}"
+
+
 def _env_and_threshold(record: RunRecord) -> tuple[str, float | None]:
     from omegaconf import OmegaConf
 
@@ -82,8 +97,8 @@ def _env_and_threshold(record: RunRecord) -> tuple[str, float | None]:
     return str(env_id or "unknown env"), threshold
 
 
-def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | None = None) -> dict[str, int]:
-    """Draw the figure; returns {configuration label: number of seeds drawn}."""
+def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | None = None) -> dict[str, str]:
+    """Draw the figure; returns {configuration label: its runs and seeds, as `runs_and_seeds` says them}."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -110,26 +125,26 @@ def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | No
         by_env.setdefault(env_id, []).append(record)
         thresholds[env_id] = thresholds.get(env_id) or threshold
 
-    drawn: dict[str, int] = {}
+    drawn: dict[str, str] = {}
     fig, axes = plt.subplots(1, len(by_env), figsize=(7.5 * len(by_env), 4.8), squeeze=False)
     for ax, (env_id, env_records) in zip(axes[0], by_env.items()):
         for label, runs in group_runs(env_records).items():
             xy = [((curves[r.run_dir].steps if x_axis == "steps" else curves[r.run_dir].wall),
                    curves[r.run_dir].returns) for r in runs]
             grid, mean, std = mean_and_spread(xy)
-            n = len(runs)
+            counted = runs_and_seeds(runs)
             line, = ax.plot(grid, mean, linewidth=1.8, marker="o" if len(grid) < 25 else None, markersize=3,
-                            label=textwrap.fill(f"{label} ({n} seed{'s' if n != 1 else ''})", 70))
-            if n > 1:
+                            label=textwrap.fill(f"{label} ({counted})", 70))
+            if len(runs) > 1:
                 ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-            drawn[label if len(by_env) == 1 else f"{env_id}: {label}"] = n
+            drawn[label if len(by_env) == 1 else f"{env_id}: {label}"] = counted
         threshold = thresholds.get(env_id)
         if threshold is not None:
             ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1,
                        label=f"reward threshold {threshold:g}")
         ax.set_title(env_id)
         ax.set_xlabel("environment steps" if x_axis == "steps" else "wall time (s)")
-        ax.set_ylabel("evaluation return (mean ± std over seeds)")
+        ax.set_ylabel("evaluation return (mean ± std over runs)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     if title:
@@ -167,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     except PlotError as exc:
         print(f"rlrun-plot error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    for label, seeds in drawn.items():
-        print(f"{label}: {seeds} seed{'s' if seeds != 1 else ''}")
+    for label, counted in drawn.items():
+        print(f"{label}: {counted}")
     print(f"wrote {args.output}")
 
 

@@ -62,15 +62,22 @@ def _assert_png(path: Path, min_bytes: int = 20_000) -> None:
 
 def test_plot_groups_runs_by_configuration_minus_seed(sweep, tmp_path):
     drawn = plot([sweep], tmp_path / "curves.png")
-    assert drawn == {"algo=dqn": 3, "algo=double_dqn": 2}
+    assert drawn == {"algo=dqn": "3 seeds", "algo=double_dqn": "2 seeds"}
     _assert_png(tmp_path / "curves.png")
+
+
+def test_plot_counts_runs_that_share_a_seed_as_runs(sweep, tmp_path):
+    """A repeat of seed 0 (its own directory, the same settings) is a fourth run, not a fourth seed."""
+    _fake_run(sweep, "5_algo=dqn,seed=0", ["algo=dqn", "seed=0", "total_steps=10000"], 0, 40.0)
+    drawn = plot([sweep], tmp_path / "curves.png")
+    assert drawn == {"algo=dqn": "4 runs, 3 seeds", "algo=double_dqn": "2 seeds"}
 
 
 def test_plot_puts_each_env_in_its_own_panel(sweep, tmp_path):
     other = tmp_path / "other"
     _fake_run(other, "run", ["algo=dqn", "env=acrobot"], 0, 5.0, env_id="Acrobot-v1", threshold=-100)
     drawn = plot([sweep, other / "run"], tmp_path / "two.png", x_axis="wall")
-    assert drawn["CartPole-v1: algo=dqn"] == 3 and drawn["Acrobot-v1: all runs"] == 1
+    assert drawn["CartPole-v1: algo=dqn"] == "3 seeds" and drawn["Acrobot-v1: all runs"] == "1 seed"
     _assert_png(tmp_path / "two.png")
 
 
