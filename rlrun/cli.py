@@ -81,11 +81,13 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     final = summary["final_return_mean"]
     best = summary["best_return_mean"]
     rate = summary["steps_per_second"]
-    print(f"[{summary['status']}] {summary['algo']} on {summary['env_id']} seed={summary['seed']}: "
-          f"{summary['steps_done']:,} steps in {summary['wall_time_s']:.1f} s "
-          f"({f'{rate} steps/s' if rate is not None else 'no steps this session'}); "
-          f"final eval {final if final is None else round(final, 1)}, "
-          f"best {best if best is None else round(best, 1)}, {solved}. Run dir: {run_dir}", flush=True)
+    from rlrun.logger import print_line
+
+    print_line(f"[{summary['status']}] {summary['algo']} on {summary['env_id']} seed={summary['seed']}: "
+               f"{summary['steps_done']:,} steps in {summary['wall_time_s']:.1f} s "
+               f"({f'{rate} steps/s' if rate is not None else 'no steps this session'}); "
+               f"final eval {final if final is None else round(final, 1)}, "
+               f"best {best if best is None else round(best, 1)}, {solved}. Run dir: {run_dir}")
 
 
 def interrupted_message(exc: Any, run_dir: Path) -> str:
@@ -175,7 +177,9 @@ def eval_main(argv: list[str] | None = None) -> None:
     except _bad_input_types() as exc:
         _error(str(exc))
         sys.exit(EXIT_BAD_INPUT)
-    print(json.dumps(result, indent=2))
+    from rlrun.logger import print_line
+
+    print_line(json.dumps(result, indent=2))
 
 
 def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device: str,

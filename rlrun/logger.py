@@ -14,6 +14,18 @@ import torch
 from rlrun.files import CSV_HEADER
 
 
+def print_line(text: str) -> None:
+    """`print` to stdout that outlives its reader (`rlrun … | head`, a closed terminal's pipe): the run must still
+    write its checkpoints and summary.json, so once stdout is a closed pipe, the rest of the output goes to
+    /dev/null (Python's advice for SIGPIPE) instead of a BrokenPipeError ending the run."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _scalar(value: Any) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -158,15 +170,15 @@ class Progress:
                                  ep=_fmt(self.last_episode_return), ev=_fmt(self.last_eval_return))
         elif self.mode == "plain" and (force or now - self._last_plain >= self.plain_every_s):
             self._last_plain = now
-            print(f"[{self.title}] step {step:,}/{self.total_steps:,} ({100 * step / self.total_steps:.0f}%) "
-                  f"{self.steps_per_second(step):,.0f} steps/s  episodic_return {_fmt(self.last_episode_return)}"
-                  f"  eval {_fmt(self.last_eval_return)}", flush=True)
+            print_line(f"[{self.title}] step {step:,}/{self.total_steps:,} ({100 * step / self.total_steps:.0f}%) "
+                       f"{self.steps_per_second(step):,.0f} steps/s  episodic_return "
+                       f"{_fmt(self.last_episode_return)}  eval {_fmt(self.last_eval_return)}")
 
     def message(self, text: str) -> None:
         if self.mode == "rich":
             self._bar.console.print(text)
         elif self.mode == "plain":
-            print(text, flush=True)
+            print_line(text)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -29,7 +29,7 @@ from rlrun.checkpoint import (
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
-from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
+from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress, print_line
 from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
 
@@ -311,7 +311,7 @@ class Run:
             self.state.next_eval = cfg.eval.every_steps
             self.state.next_checkpoint = cfg.checkpoint.every_steps
             if self.transfer is not None:
-                self.transfer.load(self.run_dir, print if cfg.log.progress.value != "none" else None)
+                self.transfer.load(self.run_dir, print_line if cfg.log.progress.value != "none" else None)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)

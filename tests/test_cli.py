@@ -232,3 +232,18 @@ def test_ctrl_c_half_a_second_after_launch_is_not_a_traceback(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
+
+
+def test_a_reader_that_goes_away_does_not_end_the_run(tmp_path):
+    """`rlrun … | head -1`: stdout becomes a closed pipe after the first line. The run goes on without output and
+    writes its checkpoint and summary.json (a BrokenPipeError used to end it before either)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(rlrun.__globals__["BIN"] / "rlrun"), f"hydra.run.dir={run_dir}", "log.progress=plain",
+                             "log.plain_every_s=0", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "Broken pipe" not in err
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["checkpoint_step"] == 600
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 600
