@@ -289,18 +289,18 @@ class Transfer:
             # only what came from the source is frozen or layer-scaled: a tensor kept freshly initialised
             # (shape mismatch, reinit_head, missing in the source) trains like any new layer
             scale = self.layer_scale(name) if name in self.loaded_names else 1.0
+            if scale is None and self.unfrozen:
+                scale = 1.0
+            if scale is not None and name in self.loaded_names:
+                scale *= self.cfg.lr_scale
             if id(param) not in self.optimized:
                 # target networks follow their online network; anything else trained without a torch
                 # optimizer (TRPO's natural-gradient actor) cannot be frozen or given its own LR here
                 if scale != 1.0 and not self.info[name].network.endswith(TARGET_SUFFIX):
                     raise TransferError(f"{name} is not trained by a torch optimizer in this algorithm, so "
                                         f"transfer={self.cfg.kind.value} cannot freeze it or scale its LR "
-                                        f"(transfer=finetune still loads it)")
+                                        f"(transfer=finetune with transfer.lr_scale=1 still loads it)")
                 continue
-            if scale is None and self.unfrozen:
-                scale = 1.0
-            if scale is not None and name in self.loaded_names:
-                scale *= self.cfg.lr_scale
             out[name] = scale
         return out
 

@@ -337,10 +337,12 @@ def test_freeze_works_for_every_algorithm_with_an_optimizer(algo, env, tmp_path)
     assert moved, "nothing above the frozen layer trained"
 
 
-def test_trpo_actor_cannot_be_frozen(source, tmp_path):
-    with pytest.raises(TransferError, match="not trained by a torch optimizer"):
+@pytest.mark.parametrize("options", [["transfer=freeze"], ["transfer=finetune", "transfer.lr_scale=0.5"]])
+def test_trpo_actor_cannot_be_frozen_or_lr_scaled(source, tmp_path, options):
+    """TRPO's actor takes natural-gradient steps, not optimizer steps: a scaled LR would reach only its critic."""
+    with pytest.raises(TransferError, match="actor.body.0.weight is not trained by a torch optimizer"):
         build_run(tmp_path, *[a for a in CARTPOLE if not a.startswith("algo.update")], "algo=trpo",
-                  "total_steps=64", "transfer=freeze", f"transfer.source={source}")
+                  "total_steps=64", *options, f"transfer.source={source}")
 
 
 def test_feature_extract_freezes_every_body_layer_and_trains_new_heads(lunar_source, tmp_path):
