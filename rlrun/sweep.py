@@ -74,6 +74,29 @@ def check_direction(metric: ObjectiveMetric | str, direction: Any) -> None:
                          f"{direction}; set hydra.sweeper.direction={wanted}")
 
 
+def check_stored_study(sweeper: DictConfig) -> None:
+    """An Optuna study already in the sweep dir's SQLite file (a continued search) keeps the direction it was created
+    with; a command asking for the other one is refused here, before Optuna fails on it."""
+    storage, name = sweeper.get("storage"), sweeper.get("study_name")
+    direction = getattr(sweeper.get("direction"), "name", sweeper.get("direction"))
+    if not (isinstance(storage, str) and storage.startswith("sqlite:///") and name and isinstance(direction, str)):
+        return
+    db = Path(storage.removeprefix("sqlite:///"))
+    if not db.is_file():  # opening the storage would create it: a new search has nothing to check
+        return
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=str(name), storage=storage)
+    except KeyError:  # the file holds other studies only
+        return
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [direction.lower()]:
+        raise ValueError(f"the Optuna study {name!r} in {db} was created to {' and '.join(stored)}, and this command "
+                         f"asks to {direction.lower()}: a study keeps its direction. Continue it with "
+                         f"hydra.sweeper.direction={stored[0]}, or start a new search in another hydra.sweep.dir")
+
+
 def train_seeds(cfg: DictConfig, job_dir: Path,
                 train: Callable[[DictConfig, Path], dict[str, Any]]) -> list[tuple[dict[str, Any], Path]]:
     """Train `objective.seeds` seeds (seed, seed+1, …) one after the other, each in job_dir/seed<N>/.
@@ -354,6 +377,16 @@ class SweepCallback(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Before the sweeper opens its study: a wrong direction would otherwise be stored with it, and only its
+        # first trial would say so (every trial failing, then Optuna's own traceback for a study without a result).
+        try:
+            check_direction(OmegaConf.select(config, "objective.metric"), config.hydra.sweeper.get("direction"))
+            check_stored_study(config.hydra.sweeper)
+        except ValueError as exc:
+            from rlrun.cli import EXIT_BAD_INPUT, _error
+
+            _error(str(exc))
+            sys.exit(EXIT_BAD_INPUT)
         # Resolved once here; the sweeper and the launcher read the same cached `${now:…}` value.
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -225,6 +225,24 @@ def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_
     assert len(_trials(db, "ppo_cartpole")) == 4
     assert len(list(sweep_dir.glob("*/objective.json"))) == 4
 
+    # Continued with the other direction: refused before a trial runs (Optuna would fail with a traceback).
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", *common,
+                           "objective.metric=solved_at_step", "hydra.sweeper.direction=minimize"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "was created to maximize" in proc.stderr and "hydra.sweeper.direction=maximize" in proc.stderr
+    assert len(_trials(db, "ppo_cartpole")) == 4
+
+
+def test_optuna_search_with_the_wrong_direction_stops_before_its_study_exists(tmp_path):
+    sweep_dir = tmp_path / "search"
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
+                           "objective.metric=solved_at_step", *TINY_PPO], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "set hydra.sweeper.direction=minimize" in proc.stderr
+    assert not (sweep_dir / "optuna.db").exists()
+
 
 def test_slurm_launcher_preset_composes_with_requeue_settings():
     proc = subprocess.run([str(BIN / "rlrun"), "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher"],
