@@ -72,6 +72,9 @@ class ReplayableEnv(gym.Wrapper):
 def make_env(env_cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     """One env from the config, with a clear error for an unknown id or bad constructor arguments."""
     kwargs = dict(env_cfg.kwargs)
+    if env_cfg.max_episode_steps is not None and env_cfg.max_episode_steps <= 0:
+        raise EnvError(f"env.max_episode_steps must be a positive number of steps, or null for the env's own time "
+                       f"limit; got {env_cfg.max_episode_steps}")
     if env_cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = env_cfg.max_episode_steps
     if render_mode is not None:

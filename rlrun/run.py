@@ -432,7 +432,9 @@ class Run:
             if not self._idle_session():  # a requeued finished run: its last.pt already holds this state
                 self.save()
         except NonFiniteError as exc:
-            status, error = "failed", str(exc)
+            kept = (f"its last good checkpoint (step {self._checkpoint_step:,}) is kept"
+                    if self._checkpoint_step is not None else "no checkpoint had been written yet")
+            status, error = "failed", f"{exc}; {kept}"
         except KeyboardInterrupt:
             status, error = "interrupted", "KeyboardInterrupt"
         except Exception as exc:
@@ -632,13 +634,11 @@ def check_finite(metrics: dict[str, Any], agent: Agent) -> None:
     if not bool(torch.isfinite(values).all()):
         bad = [key for key, value in metrics.items() if key.startswith("losses/")
                and not math.isfinite(float(value))]
-        raise NonFiniteError(f"non-finite loss ({', '.join(bad)}); the run stopped and the last good "
-                             f"checkpoint is kept")
+        raise NonFiniteError(f"non-finite loss ({', '.join(bad)}); the run stopped")
 
 
 def check_parameters_finite(agent: Agent) -> None:
     for name, module in agent.modules().items():
         for key, param in module.state_dict().items():
             if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-                raise NonFiniteError(f"parameter {name}.{key} is NaN or infinite; the run stopped and the "
-                                     f"last good checkpoint is kept")
+                raise NonFiniteError(f"parameter {name}.{key} is NaN or infinite; the run stopped")

@@ -136,6 +136,7 @@ def _assert_clean_failure(proc, *needles):
     (["network.hidden=[-4]"], ["network.hidden"]),
     (["network.hidden=[0]"], ["network.hidden"]),
     (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
+    (["env=cartpole", "env.max_episode_steps=0"], ["env.max_episode_steps must be a positive number"]),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
     proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)

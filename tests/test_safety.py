@@ -144,6 +144,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         run.train()
     summary = read_summary(tmp_path)
     assert summary["status"] == "failed" and "losses/td_loss" in summary["error"]
+    assert summary["error"].endswith(f"its last good checkpoint (step {summary['checkpoint_step']:,}) is kept")
     kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert kept["step"] == summary["checkpoint_step"] < summary["steps_done"]
     assert all(torch.isfinite(value).all() for value in kept["model"].values())
@@ -158,6 +159,7 @@ def test_nan_parameter_is_caught_before_it_is_checkpointed(tmp_path):
         run.train()
     summary = read_summary(tmp_path)
     assert summary["status"] == "failed" and summary["checkpoint_step"] is None
+    assert summary["error"].endswith("no checkpoint had been written yet")
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
