@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from gymnasium.vector.async_vector_env import _async_worker
 
 from rlrun.config import EnvConfig, Vectorization
 
@@ -94,8 +96,18 @@ def make_vec_env(env_cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies, auto-reset in the same step (the final observation is in info["final_obs"])."""
     fns = [lambda: make_env(env_cfg) for _ in range(num_envs)]
     if env_cfg.vectorization == Vectorization["async"]:
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn")
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn", worker=_env_worker)
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def _env_worker(*args: Any) -> None:
+    """Gymnasium's env worker process, deaf to SIGINT and SIGTERM. A terminal's Ctrl-C, SLURM, `docker stop` and
+    systemd signal the whole process group: the main process must stop the run (checkpoint, summary.json), and a
+    worker that died of the same signal first would leave it a broken pipe instead. The workers still end when the
+    main process closes the envs, or dies (their pipe closes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _async_worker(*args)
 
 
 @dataclass

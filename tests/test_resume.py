@@ -3,6 +3,7 @@ weights are bit-identical to an uninterrupted run with the same seed (issue 6)."
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -111,6 +112,27 @@ def test_kill_9_then_resume_with_async_envs_is_bit_identical(tmp_path):
     kill_after_first_checkpoint(resumed, overrides)
     rlrun(resumed, *overrides)
     assert_same_run(reference, resumed)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_process_group_with_async_envs_still_checkpoints(tmp_path, signum):
+    """Ctrl-C in a terminal (SLURM, docker stop: SIGTERM) reaches the env worker processes too: they ignore it,
+    and the run checkpoints and stops as with in-process envs (a worker's death used to end it in a broken pipe)."""
+    overrides = [*overrides_for("ppo"), "env.vectorization=async", "algo.num_envs=2"]
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "rlrun"), f"hydra.run.dir={run_dir}", "log.progress=plain", *overrides],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signum)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, output
+    assert "Traceback" not in output and "not saved" not in output, output
+    summary = read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["checkpoint_step"] == summary["steps_done"] < TOTAL_STEPS
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
