@@ -25,7 +25,12 @@ ACTIVATIONS: dict[Activation, type[nn.Module]] = {
 def obs_dim(space: gym.Space) -> int:
     if not isinstance(space, gym.spaces.Box):
         raise ValueError(f"rlrun's MLPs need a Box observation space, got {space}")
-    return int(np.prod(space.shape))
+    if len(space.shape) != 1:  # an image (H, W, C) or a matrix: an MLP takes a flat feature vector
+        raise ValueError(f"rlrun's MLPs take a flat (1-D) observation vector, but this env observes {space} "
+                         f"(shape {space.shape}, e.g. an image). Give it a flat one: a gymnasium "
+                         f"FlattenObservation wrapper in an env you register and pass as env.id, or the env's "
+                         f"state-vector variant")
+    return int(space.shape[0])
 
 
 def action_dim(space: gym.Space) -> int:

@@ -137,6 +137,8 @@ def _assert_clean_failure(proc, *needles):
     (["network.hidden=[0]"], ["network.hidden"]),
     (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
     (["env=cartpole", "env.max_episode_steps=0"], ["env.max_episode_steps must be a positive number"]),
+    (["env=gym", "env.id=FrozenLake-v1", "algo=ppo"], ["need a Box observation space"]),
+    (["env=gym", "env.id=CarRacing-v3", "algo=ppo"], ["flat (1-D) observation vector", "(96, 96, 3)"]),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
     proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)
