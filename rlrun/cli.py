@@ -254,9 +254,13 @@ def config_from_checkpoint(payload: dict[str, Any]) -> Config:
 
     from rlrun.algos import ALGORITHMS
     from rlrun.checkpoint import CheckpointError
+    from rlrun.files import literal
 
     try:
-        raw = OmegaConf.create(str(payload["config"]))
+        stored = yaml.safe_load(str(payload["config"]))
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"the checkpoint's stored config is a {type(stored).__name__}, not a mapping")
+        raw = OmegaConf.create(literal(stored))  # data: a `${…}` in it is text, never resolved here
         algo_name = raw.algo.name
         if algo_name not in ALGORITHMS:
             raise CheckpointError(f"the checkpoint names an unknown algorithm {algo_name!r}")

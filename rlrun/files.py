@@ -10,7 +10,7 @@ import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -74,3 +74,16 @@ def read_evaluations(path: Path) -> dict[str, np.ndarray]:
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
         raise EvaluationsError(f"{path} is not a readable evaluations.csv ({type(exc).__name__}: {exc}); rlrun "
                                f"writes the columns {CSV_HEADER.strip()}") from None
+
+
+def literal(data: Any) -> Any:
+    """YAML data from another run's files with every OmegaConf interpolation escaped, for OmegaConf to hold as plain
+    text: such a file is data, and a `${oc.env:…}` in it must not read this machine's environment (nor any `${…}`
+    resolve). rlrun writes resolved values where it reads them back, so its own files are unchanged by this."""
+    if isinstance(data, str):
+        return data.replace("${", "\\${")
+    if isinstance(data, dict):
+        return {key: literal(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [literal(value) for value in data]
+    return data

@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rlrun.config import ObjectiveMetric
-from rlrun.files import atomic_write_text
+from rlrun.files import atomic_write_text, literal
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -186,7 +186,7 @@ def _read_settings(job_dir: Path) -> tuple[dict[str, str], DictConfig | None]:
         key, _, value = str(override).partition("=")
         settings[key.lstrip("+~")] = _canonical(value)
     config_yaml = _read_yaml(hydra_dir / "config.yaml", dict)
-    config = OmegaConf.create(config_yaml) if config_yaml is not None else None
+    config = OmegaConf.create(literal(config_yaml)) if config_yaml is not None else None
     return settings, config
 
 

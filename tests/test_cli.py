@@ -173,6 +173,21 @@ def test_rlrun_eval_names_what_is_wrong(tiny_run, tmp_path):
                           "did network.* change?")
 
 
+def test_rlrun_eval_does_not_resolve_interpolations_in_a_checkpoints_config(tmp_path, tiny_run, monkeypatch):
+    """A checkpoint is data: `${oc.env:…}` in its stored config stays text, it does not read this machine's
+    environment (here it then names no registered env, and is refused as such)."""
+    run_dir, _ = tiny_run
+    payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    stored = yaml.safe_load(payload["config"])
+    stored["env"]["id"] = "${oc.env:RLRUN_TEST_SECRET}"
+    payload["config"] = yaml.safe_dump(stored)
+    torch.save(payload, tmp_path / "interpolated.pt")
+    monkeypatch.setenv("RLRUN_TEST_SECRET", "CartPole-v1")
+    proc = _rlrun_eval(str(tmp_path / "interpolated.pt"))
+    _assert_clean_failure(proc, "${oc.env:RLRUN_TEST_SECRET}")
+    assert "CartPole-v1" not in proc.stdout + proc.stderr
+
+
 def test_rlrun_eval_checkpoint_with_a_corrupt_config(tmp_path, tiny_run):
     run_dir, _ = tiny_run
     payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)

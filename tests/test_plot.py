@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import BIN, REPO
 
-from rlrun.plot import mean_and_spread, plot
+from rlrun.plot import _env_and_threshold, mean_and_spread, plot
+from rlrun.sweep import find_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -71,6 +72,16 @@ def test_plot_counts_runs_that_share_a_seed_as_runs(sweep, tmp_path):
     _fake_run(sweep, "5_algo=dqn,seed=0", ["algo=dqn", "seed=0", "total_steps=10000"], 0, 40.0)
     drawn = plot([sweep], tmp_path / "curves.png")
     assert drawn == {"algo=dqn": "4 runs, 3 seeds", "algo=double_dqn": "2 seeds"}
+
+
+def test_plot_reads_interpolations_in_a_runs_files_as_text(tmp_path, monkeypatch):
+    """A run directory is data: `${oc.env:…}` in its .hydra/config.yaml is drawn as it is, never resolved."""
+    monkeypatch.setenv("RLRUN_TEST_SECRET", "s3cr3t")
+    run = _fake_run(tmp_path / "runs", "run", ["algo=dqn"], 0, 1.0, env_id="${oc.env:RLRUN_TEST_SECRET}")
+    (run / "summary.json").write_text(json.dumps({"seed": 0}))  # the env id then comes from the config
+    drawn = plot([run], tmp_path / "curves.png")
+    assert drawn == {"all runs": "1 seed"}
+    assert _env_and_threshold(find_runs([run], marker="evaluations.csv")[0])[0] == "${oc.env:RLRUN_TEST_SECRET}"
 
 
 def test_plot_puts_each_env_in_its_own_panel(sweep, tmp_path):
