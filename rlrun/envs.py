@@ -92,6 +92,17 @@ def make_env(env_cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     return ReplayableEnv(env)
 
 
+def check_env_steps(env: gym.Env, env_cfg: EnvConfig) -> None:
+    """One reset and one random step: constructor arguments that an env stores unchecked (Pendulum's `g="abc"`)
+    fail there, with a clear error now instead of a traceback from inside the env once training has begun."""
+    try:
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+    except (TypeError, ValueError, AssertionError, ArithmeticError) as exc:
+        raise EnvError(f"{env_cfg.id} failed its first reset and step with env.kwargs={dict(env_cfg.kwargs)}: "
+                       f"{type(exc).__name__}: {exc}") from None
+
+
 def make_vec_env(env_cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies, auto-reset in the same step (the final observation is in info["final_obs"])."""
     fns = [lambda: make_env(env_cfg) for _ in range(num_envs)]

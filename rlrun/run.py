@@ -27,7 +27,7 @@ from rlrun.checkpoint import (
     save_checkpoint,
 )
 from rlrun.config import Config, Device, TransferKind
-from rlrun.envs import EnvRunner, make_env, make_vec_env
+from rlrun.envs import EnvRunner, check_env_steps, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress, print_line
 from rlrun.networks import check_bf16
@@ -276,6 +276,7 @@ class Run:
         seed_everything(cfg.seed)
         probe = make_env(cfg.env)
         check_action_space(self.algo_name, probe.action_space, cfg.env.id)
+        check_env_steps(probe, cfg.env)
         if cfg.env.reward_threshold is None and probe.spec is not None:  # any id: the registry's threshold
             cfg.env.reward_threshold = probe.spec.reward_threshold
         probe.close()
