@@ -10,6 +10,7 @@ stays consistent: the `.pt` names its buffer file, and older buffer files are re
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -83,11 +84,23 @@ def load_buffer(checkpoint_path: Path, payload: dict[str, Any]) -> dict[str, np.
                               f"corrupt ({exc})") from None
 
 
-def _obs_norm_in(payload: dict[str, Any]) -> dict[str, np.ndarray] | None:
+def _obs_norm_in(payload: dict[str, Any], path: Path) -> dict[str, np.ndarray] | None:
     stats = payload.get("obs_norm")
     if stats is None and isinstance(payload.get("agent_state"), dict):
         stats = payload["agent_state"].get("obs_norm")
-    return {key: np.asarray(value) for key, value in stats.items()} if isinstance(stats, dict) else None
+    if stats is None:
+        return None
+    try:
+        mean, var = np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["var"], dtype=np.float64)
+        count = float(stats["count"])
+        valid = (mean.ndim == 1 and mean.shape == var.shape and bool(np.isfinite(mean).all())
+                 and bool(np.isfinite(var).all()) and bool((var >= 0).all()) and math.isfinite(count) and count > 0)
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise CheckpointError(f"{path} holds damaged observation-normalisation statistics (obs_norm needs a mean "
+                              f"and a non-negative variance of one shape, both finite, and a positive count)")
+    return {"mean": mean, "var": var, "count": np.asarray(count)}
 
 
 def stored_obs_norm(path: Path, payload: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str | None]:
@@ -97,12 +110,12 @@ def stored_obs_norm(path: Path, payload: dict[str, Any]) -> tuple[dict[str, np.n
     Checkpoints hold them under "obs_norm" (best.pt too: the policy acts on normalised observations); a best.pt
     written before that held weights only, so then they come from the full state of last.pt beside it.
     """
-    stats = _obs_norm_in(payload)
+    stats = _obs_norm_in(payload, Path(path))
     if stats is not None:
         return stats, str(path)
     last = Path(path).with_name("last.pt")
     if last != Path(path) and last.is_file():
-        stats = _obs_norm_in(load_checkpoint(last))
+        stats = _obs_norm_in(load_checkpoint(last), last)
         if stats is not None:
             return stats, str(last)
     return None, None

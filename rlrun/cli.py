@@ -231,6 +231,9 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
         if stats is None:
             raise CheckpointError(f"{ckpt} was trained with algo.normalize_obs=true, but neither it nor a last.pt "
                                   f"beside it holds the observation-normalisation statistics")
+        if stats["mean"].shape != obs_norm.rms.mean.shape:
+            raise CheckpointError(f"{ckpt}'s observation-normalisation statistics have shape {stats['mean'].shape}, "
+                                  f"but {cfg.env.id} observes shape {obs_norm.rms.mean.shape}: they are damaged")
         obs_norm.load_state(stats)
     evaluator = Evaluator(cfg.env, episodes, seed, video_dir=run_dir / "videos" if video else None,
                           video_episodes=episodes)

@@ -293,6 +293,10 @@ class Run:
         # transfer learning (rlrun/transfer.py): a fresh run loads the source; a resumed one has its weights
         # and only rebuilds the same frozen set and optimizer param groups before loading its state
         self.transfer = None
+        if (cfg.transfer.kind == TransferKind.none and cfg.transfer.source is not None
+                and cfg.log.progress.value != "none"):  # allowed: `-m transfer=none,finetune transfer.source=…`
+            print_line(f"transfer=none: transfer.source={cfg.transfer.source} is not loaded (a run from scratch; "
+                       f"transfer=finetune, freeze, layerwise or feature_extract start from it)")
         if cfg.transfer.kind != TransferKind.none:
             from rlrun.transfer import Transfer
             self.transfer = Transfer(cfg.transfer, self.agent)

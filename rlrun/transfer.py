@@ -23,9 +23,10 @@ state (which restores each group's `lr` and `lr_scale`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,8 @@ class TransferReport:
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     unfreeze_at_step: int | None = None
     obs_norm_from: str | None = None
+    obs_norm_skipped: str | None = None
+    """Why the source's observation-normalisation statistics were not loaded, where it had some."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -193,7 +196,9 @@ class TransferReport:
                  + ", ".join(f"{t}←{s}" for t, s in self.mapping.items()),
                  f"  loaded {len(self.loaded)}, missing {len(self.missing)}, shape mismatch "
                  f"{len(self.shape_mismatch)}, re-initialised {len(self.reinitialised)}, frozen {len(self.frozen)}"
-                 + (f"; observation normalisation from {self.obs_norm_from}" if self.obs_norm_from else "")]
+                 + (f"; observation normalisation from {self.obs_norm_from}" if self.obs_norm_from else "")
+                 + (f"; observation normalisation NOT loaded: {self.obs_norm_skipped}" if self.obs_norm_skipped
+                    else "")]
         for label, names in (("missing", self.missing), ("re-initialised", self.reinitialised),
                              ("frozen", self.frozen)):
             if names:
@@ -232,8 +237,8 @@ class Transfer:
                                         and all(isinstance(v, str) for v in cfg.map.values())):
             raise TransferError(f"transfer.map must map target networks to source networks, e.g. "
                                 f"transfer.map={{actor:q,critic:q}}; got {cfg.map!r}")
-        if cfg.lr_scale <= 0:
-            raise TransferError(f"transfer.lr_scale must be positive, got {cfg.lr_scale}")
+        if not (math.isfinite(cfg.lr_scale) and cfg.lr_scale > 0):
+            raise TransferError(f"transfer.lr_scale must be a positive number, got {cfg.lr_scale}")
         if cfg.freeze_layers < 0:
             raise TransferError(f"transfer.freeze_layers must be >= 0, got {cfg.freeze_layers}")
         if cfg.kind == TransferKind.freeze and cfg.freeze_layers == 0:
@@ -242,7 +247,7 @@ class Transfer:
             raise TransferError("transfer=layerwise needs transfer.lr_scales=[…] or transfer.layer_decay")
         if cfg.kind != TransferKind.layerwise and (cfg.lr_scales is not None or cfg.layer_decay is not None):
             raise TransferError("transfer.lr_scales / transfer.layer_decay only apply with transfer=layerwise")
-        if cfg.lr_scales is not None and any(s < 0 for s in cfg.lr_scales):
+        if cfg.lr_scales is not None and not all(math.isfinite(s) and s >= 0 for s in cfg.lr_scales):
             raise TransferError(f"transfer.lr_scales must be >= 0 (0 freezes the layer), got {list(cfg.lr_scales)}")
         if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
             raise TransferError(f"transfer.layer_decay must be in (0, 1], got {cfg.layer_decay}")
@@ -368,6 +373,9 @@ class Transfer:
             if stats is not None and tuple(stats["mean"].shape) == tuple(obs_norm.rms.mean.shape):
                 obs_norm.load_state(stats)
                 report.obs_norm_from = origin
+            elif stats is not None:  # another observation space: this run starts its own statistics
+                report.obs_norm_skipped = (f"{origin} holds statistics of shape {tuple(stats['mean'].shape)}, this "
+                                           f"env observes shape {tuple(obs_norm.rms.mean.shape)}")
         self.loaded_names = set(report.loaded)
         self.apply(0)
         report.frozen = self.frozen_names()
@@ -433,5 +441,22 @@ def save_report(report: TransferReport, run_dir: Path) -> None:
 
 
 def read_report(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's transfer report (None where it has none), checked: a resume rebuilds the frozen layers and
+    learning-rate groups from it, and it is a file in someone's run directory, data that may be damaged."""
     path = Path(run_dir) / REPORT_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({exc}); it is damaged") from None
+    known = {f.name for f in fields(TransferReport)}
+    mapping = report.get("mapping") if isinstance(report, dict) else None
+    loaded = report.get("loaded") if isinstance(report, dict) else None
+    if not (isinstance(report, dict) and set(report) <= known and isinstance(report.get("source"), str)
+            and isinstance(report.get("kind"), str) and isinstance(mapping, dict)
+            and all(isinstance(t, str) and (s is None or isinstance(s, str)) for t, s in mapping.items())
+            and isinstance(loaded, list) and all(isinstance(name, str) for name in loaded)):
+        raise CheckpointError(f"{path} is damaged: it is not the transfer report rlrun writes (source, kind, a "
+                              f"mapping of network names, the list of loaded tensors, …)")
+    return report

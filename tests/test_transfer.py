@@ -356,3 +356,58 @@ def test_feature_extract_freezes_every_body_layer_and_trains_new_heads(lunar_sou
     src, out = model(lunar_source, "best"), model(tmp_path)
     assert all(torch.equal(out[n], src[n]) for n in report.frozen)
     assert all(not torch.equal(out[n], heads_before[n]) for n in heads_before if n.endswith("weight"))
+
+
+@pytest.mark.parametrize("option", ["transfer.lr_scale=nan", "transfer.lr_scale=inf"])
+def test_a_non_finite_lr_scale_is_refused_before_training(source, tmp_path, option):
+    with pytest.raises(TransferError, match="lr_scale must be a positive number"):
+        build_run(tmp_path, *CARTPOLE, "total_steps=64", "transfer=finetune", f"transfer.source={source}", option)
+    with pytest.raises(TransferError, match="lr_scales must be >= 0"):
+        build_run(tmp_path, *CARTPOLE, "total_steps=64", "transfer=layerwise", f"transfer.source={source}",
+                  "transfer.lr_scales=[nan,1]")
+
+
+@pytest.mark.parametrize("damage", ["not json", json.dumps({"source": "x", "kind": "freeze", "mapping": "q",
+                                                            "loaded": []}), json.dumps([1, 2])])
+def test_resuming_a_transfer_run_with_a_damaged_report_names_the_file(source, tmp_path, damage):
+    args = [*CARTPOLE, "total_steps=128", "transfer=freeze", "transfer.freeze_layers=1", f"transfer.source={source}"]
+    build_run(tmp_path, *args).train()
+    (tmp_path / "transfer_report.json").write_text(damage)
+    with pytest.raises(CheckpointError, match="transfer_report.json (is damaged|is not readable JSON)"):
+        build_run(tmp_path, *args[:-2], "total_steps=256", "resume=auto",
+                  *[a for a in args if a.startswith("transfer.")])
+
+
+def test_observation_statistics_of_another_shape_are_reported_not_loaded(tmp_path):
+    """A normalising PPO source on LunarLander (8 observations) feeding Acrobot (6): its statistics cannot be
+    used, and the report says so (the first layer is kept fresh with reinit_mismatched)."""
+    src = tmp_path / "src"
+    build_run(src, *PPO, "env=lunarlander", "algo.normalize_obs=true", "total_steps=128").train()
+    run = build_run(tmp_path / "dst", *PPO, "env=acrobot", "algo.normalize_obs=true", "total_steps=64",
+                    "transfer=finetune", f"transfer.source={src}", "transfer.reinit_mismatched=true")
+    report = run.transfer.report
+    assert report.obs_norm_from is None
+    assert report.obs_norm_skipped.endswith("holds statistics of shape (8,), this env observes shape (6,)")
+    assert "observation normalisation NOT loaded" in report.text()
+    assert read_report(tmp_path / "dst")["obs_norm_skipped"] == report.obs_norm_skipped
+
+
+def test_damaged_observation_statistics_in_a_source_are_refused(tmp_path):
+    src = tmp_path / "src"
+    build_run(src, *PPO, "env=lunarlander", "algo.normalize_obs=true", "total_steps=128").train()
+    for name in ("best", "last"):
+        payload = load_checkpoint(src / "checkpoints" / f"{name}.pt")
+        stats = payload["obs_norm"] if "obs_norm" in payload else payload["agent_state"]["obs_norm"]
+        del stats["mean"]
+        torch.save(payload, src / "checkpoints" / f"{name}.pt")
+    with pytest.raises(CheckpointError, match="best.pt holds damaged observation-normalisation statistics"):
+        build_run(tmp_path / "dst", *PPO, "env=lunarlander", "algo.normalize_obs=true", "total_steps=64",
+                  "transfer=finetune", f"transfer.source={src}")
+
+
+def test_transfer_none_with_a_source_says_it_is_not_loaded(source, tmp_path, capsys):
+    """Allowed (a sweep transfer=none,finetune transfer.source=… compares against scratch), but said."""
+    run = build_run(tmp_path, *[a for a in CARTPOLE if a != "log.progress=none"], "log.progress=plain",
+                    "total_steps=64", f"transfer.source={source}")
+    assert run.transfer is None
+    assert f"transfer=none: transfer.source={source} is not loaded" in capsys.readouterr().out
