@@ -31,7 +31,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.nd
     payload = dict(payload, format=FORMAT)
     if buffer is not None:
         buffer_name = f"{path.stem}-buffer-{step}.npz"
-        atomic_write(path.with_name(buffer_name), lambda handle: np.savez(handle, **buffer))
+        try:
+            atomic_write(path.with_name(buffer_name), lambda handle: np.savez(handle, **buffer))
+        except CheckpointError as exc:  # atomic_write names the new buffer file: what is kept is the old pair
+            raise CheckpointError(f"no space left on the device while writing {path.with_name(buffer_name)} "
+                                  f"(the replay buffer of {path.name}); the previous {path.name} and the buffer "
+                                  f"file it names are kept unchanged") from exc.__cause__
         payload["buffer_file"] = buffer_name
     # Serialised in memory first: torch's zip writer reports a failed write to a file (a full disk) as a
     # RuntimeError ("unexpected pos"), not as the OSError atomic_write turns into a clear message.
@@ -50,6 +55,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+                if head and head[:1] != b"\x80" and head != b"PK":  # not a zip (maybe cut short), not a pickle
+                    raise CheckpointError(f"{path} is not a checkpoint: torch.save did not write it (rlrun's "
+                                          f"checkpoints are checkpoints/last.pt and best.pt in a run directory)")
         # torch.load does not check the zip members' CRCs: a flipped byte in a tensor would load as a wrong weight
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:

@@ -197,6 +197,12 @@ def test_rlrun_eval_checkpoint_with_a_corrupt_config(tmp_path, tiny_run):
     _assert_clean_failure(_rlrun_eval(str(tmp_path / "bad_config.pt")), "not a valid rlrun config")
 
 
+def test_rlrun_eval_of_a_file_that_is_not_a_checkpoint(tiny_run):
+    run_dir, _ = tiny_run
+    _assert_clean_failure(_rlrun_eval(str(run_dir / "summary.json")), "is not a checkpoint: torch.save did not "
+                                                                       "write it")
+
+
 def test_rlrun_eval_corrupt_checkpoint(tmp_path, tiny_run):
     run_dir, _ = tiny_run
     corrupt = tmp_path / "corrupt.pt"
