@@ -13,6 +13,7 @@ import io
 import math
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ FORMAT = "rlrun-checkpoint-v1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.ndarray] | None = None,
-                    step: int = 0) -> None:
-    """Write `payload` (and optionally its replay buffer) atomically as `path`."""
+                    step: int = 0, committed: Callable[[], None] | None = None) -> None:
+    """Write `payload` (and optionally its replay buffer) atomically as `path`; `committed` is called the moment
+    `path` is the new checkpoint (see `atomic_write`)."""
     path = Path(path)
     payload = dict(payload, format=FORMAT)
     if buffer is not None:
@@ -42,7 +44,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.nd
     # RuntimeError ("unexpected pos"), not as the OSError atomic_write turns into a clear message.
     data = io.BytesIO()
     torch.save(payload, data)
-    atomic_write(path, lambda handle: handle.write(data.getbuffer()))
+    atomic_write(path, lambda handle: handle.write(data.getbuffer()), committed)
     # Only now is the old buffer file unreferenced.
     for old in path.parent.glob(f"{path.stem}-buffer-*.npz"):
         if buffer is None or old.name != payload["buffer_file"]:

@@ -81,7 +81,7 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     final = summary["final_return_mean"]
     best = summary["best_return_mean"]
     rate = summary["steps_per_second"]
-    from rlrun.logger import print_line
+    from rlrun.files import print_line
 
     print_line(f"[{summary['status']}] {summary['algo']} on {summary['env_id']} seed={summary['seed']}: "
                f"{summary['steps_done']:,} steps in {summary['wall_time_s']:.1f} s "
@@ -177,7 +177,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     except _bad_input_types() as exc:
         _error(str(exc))
         sys.exit(EXIT_BAD_INPUT)
-    from rlrun.logger import print_line
+    from rlrun.files import print_line
 
     print_line(json.dumps(result, indent=2))
 

@@ -9,9 +9,12 @@ ends in exactly the state it was in when the checkpoint was written.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
+import multiprocessing.util  # noqa: F401  (its exit handler is registered before _close_open_envs)
 import signal
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,18 +110,35 @@ def make_vec_env(env_cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies, auto-reset in the same step (the final observation is in info["final_obs"])."""
     fns = [lambda: make_env(env_cfg) for _ in range(num_envs)]
     if env_cfg.vectorization == Vectorization["async"]:
-        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn", worker=_env_worker)
+        envs = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, context="spawn", worker=_env_worker)
+        _OPEN_ASYNC_ENVS.add(envs)
+        return envs
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def _env_worker(*args: Any) -> None:
-    """Gymnasium's env worker process, deaf to SIGINT and SIGTERM. A terminal's Ctrl-C, SLURM, `docker stop` and
-    systemd signal the whole process group: the main process must stop the run (checkpoint, summary.json), and a
-    worker that died of the same signal first would leave it a broken pipe instead. The workers still end when the
-    main process closes the envs, or dies (their pipe closes)."""
+    """Gymnasium's env worker process, deaf to SIGINT and SIGTERM. A terminal's Ctrl-C and SLURM's signals reach
+    the whole process group: the main process must stop the run (checkpoint, summary.json), and a worker that died
+    of the same signal first would leave it a broken pipe instead. The workers end when the main process closes the
+    envs (`EnvRunner.close`; `_close_open_envs` at exit), or dies: their pipe closes and they leave quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _async_worker(*args)
+    try:
+        _async_worker(*args)
+    except (EOFError, OSError):  # the main process is gone (BrokenPipeError, ConnectionError are OSErrors)
+        pass
+
+
+_OPEN_ASYNC_ENVS: weakref.WeakSet[AsyncVectorEnv] = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit handler, so it runs before it (atexit is LIFO)
+def _close_open_envs() -> None:
+    """At exit, close the async envs still open (a job that failed while its run was built, in a sweep): Python's
+    multiprocessing would otherwise end their workers with SIGTERM, which they ignore, and wait for them forever."""
+    for envs in list(_OPEN_ASYNC_ENVS):
+        if not envs.closed:
+            envs.close()
 
 
 @dataclass

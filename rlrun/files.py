@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,8 +35,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a temp file in the same directory, fsync it, then rename over `path`.
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], committed: Callable[[], None] | None = None) -> None:
+    """Write via a temp file in the same directory, fsync it, then rename over `path`; `committed` is called right
+    after the rename (from then on `path` is the new file, even if what follows is interrupted).
 
     A crash at any moment leaves either the old file or the new one, never a torn one. On failure (a full
     disk, say) the temp file is removed and the old file is untouched.
@@ -48,6 +51,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if committed is not None:
+            committed()
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -79,11 +84,29 @@ def read_evaluations(path: Path) -> dict[str, np.ndarray]:
 def literal(data: Any) -> Any:
     """YAML data from another run's files with every OmegaConf interpolation escaped, for OmegaConf to hold as plain
     text: such a file is data, and a `${oc.env:…}` in it must not read this machine's environment (nor any `${…}`
-    resolve). rlrun writes resolved values where it reads them back, so its own files are unchanged by this."""
+    resolve). Backslashes right before a `${` are doubled too (OmegaConf reads `\\${` as a backslash, then a live
+    interpolation). A checkpoint's config is stored resolved; a run's .hydra/config.yaml holds the config as
+    composed, so an interpolation a user wrote there is shown as written."""
     if isinstance(data, str):
-        return data.replace("${", "\\${")
+        return re.sub(r"(\\*)\$\{", lambda match: match.group(1) * 2 + "\\${", data)
     if isinstance(data, dict):
         return {key: literal(value) for key, value in data.items()}
     if isinstance(data, list):
         return [literal(value) for value in data]
     return data
+
+
+def print_line(text: Any, write: Callable[[Any], None] | None = None) -> None:
+    """`print` (or `write`) to stdout that outlives its reader (`rlrun … | head`, a closed terminal's pipe): the run
+    must still write its checkpoints and summary.json, so once stdout is a closed pipe, the rest of the output goes
+    to /dev/null (Python's advice for SIGPIPE) instead of a BrokenPipeError ending the run."""
+    try:
+        if write is None:
+            print(text, flush=True)
+        else:
+            write(text)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

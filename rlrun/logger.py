@@ -11,19 +11,7 @@ from typing import Any
 
 import torch
 
-from rlrun.files import CSV_HEADER
-
-
-def print_line(text: str) -> None:
-    """`print` to stdout that outlives its reader (`rlrun … | head`, a closed terminal's pipe): the run must still
-    write its checkpoints and summary.json, so once stdout is a closed pipe, the rest of the output goes to
-    /dev/null (Python's advice for SIGPIPE) instead of a BrokenPipeError ending the run."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+from rlrun.files import CSV_HEADER, print_line
 
 
 def _scalar(value: Any) -> float:

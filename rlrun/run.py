@@ -236,6 +236,15 @@ class Run:
     """One training run: `Run(cfg, run_dir, config_yaml).train()` returns the summary dict."""
 
     def __init__(self, cfg: Config, run_dir: Path, config_yaml: str):
+        try:
+            self._build(cfg, run_dir, config_yaml)
+        except BaseException:  # refused or failed while being built: its envs (worker processes) must not linger
+            for part in ("logger", "evaluator", "runner"):
+                if getattr(self, part, None) is not None:
+                    getattr(self, part).close()
+            raise
+
+    def _build(self, cfg: Config, run_dir: Path, config_yaml: str) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.config_yaml = config_yaml
@@ -518,8 +527,7 @@ class Run:
         step = self.runner.global_step
         check_parameters_finite(self.agent)
         save_checkpoint(self.ckpt_dir / "last.pt", self._payload(step, full=True), self.agent.buffer_arrays(),
-                        step=step)
-        self._checkpoint_step = step
+                        step=step, committed=lambda: setattr(self, "_checkpoint_step", step))
 
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload.get("algo") != self.algo_name or payload.get("env_id") != self.cfg.env.id:

@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rlrun.config import ObjectiveMetric
-from rlrun.files import atomic_write_text, literal
+from rlrun.files import atomic_write_text, literal, print_line
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -348,7 +348,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
                       _pm(row["solved_at_step_mean"], row["solved_at_step_std"], 0),
                       _pm(row["solved_at_wall_time_s_mean"], row["solved_at_wall_time_s_std"], 0),
                       "—" if sps is None else f"{sps:,.0f}")
-    console.print(table)
+    print_line(table, console.print)
 
 
 def summarize_sweep(sweep_dir: Path, quiet: bool = False) -> Path | None:
@@ -360,7 +360,7 @@ def summarize_sweep(sweep_dir: Path, quiet: bool = False) -> Path | None:
     write_summary_csv(rows, keys, path)
     if not quiet:
         print_table(rows, f"sweep {sweep_dir}")
-        print(f"Sweep summary: {path}", flush=True)
+        print_line(f"Sweep summary: {path}")
     return path
 
 
@@ -405,7 +405,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir() and summarize_sweep(sweep_dir) is None:
-            print(f"Sweep summary: no finished run under {sweep_dir}", flush=True)
+            print_line(f"Sweep summary: no finished run under {sweep_dir}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +287,9 @@ class Transfer:
                 return None if cfg.lr_scales[-1] == 0 else float(cfg.lr_scales[-1])
         return 1.0
 
-    def scales(self) -> dict[str, float | None]:
-        """Trainable parameter name → LR multiplier (None = frozen)."""
+    def scales(self, fresh: bool = False) -> dict[str, float | None]:
+        """Trainable parameter name → LR multiplier (None = frozen). `fresh`: a new transfer run, whose options are
+        checked against what this algorithm can honour (a run started before a check resumes as it was)."""
         out = {}
         for name, param in self.params.items():
             # only what came from the source is frozen or layer-scaled: a tensor kept freshly initialised
@@ -301,7 +302,7 @@ class Transfer:
             if id(param) not in self.optimized:
                 # target networks follow their online network; anything else trained without a torch
                 # optimizer (TRPO's natural-gradient actor) cannot be frozen or given its own LR here
-                if scale != 1.0 and not self.info[name].network.endswith(TARGET_SUFFIX):
+                if fresh and scale != 1.0 and not self.info[name].network.endswith(TARGET_SUFFIX):
                     raise TransferError(f"{name} is not trained by a torch optimizer in this algorithm, so "
                                         f"transfer={self.cfg.kind.value} cannot freeze it or scale its LR "
                                         f"(transfer=finetune with transfer.lr_scale=1 still loads it)")
@@ -377,7 +378,7 @@ class Transfer:
                 report.obs_norm_skipped = (f"{origin} holds statistics of shape {tuple(stats['mean'].shape)}, this "
                                            f"env observes shape {tuple(obs_norm.rms.mean.shape)}")
         self.loaded_names = set(report.loaded)
-        self.apply(0)
+        self.apply(0, fresh=True)
         report.frozen = self.frozen_names()
         report.param_groups = self.param_groups()
         self.report = report
@@ -400,9 +401,9 @@ class Transfer:
         if Path(checkpoint_run_dir).resolve() != Path(run_dir).resolve():
             save_report(TransferReport(**report), run_dir)
 
-    def apply(self, step: int) -> None:
+    def apply(self, step: int, fresh: bool = False) -> None:
         self.unfrozen = self.cfg.unfreeze_at_step is not None and step >= self.cfg.unfreeze_at_step
-        scales = self.scales()
+        scales = self.scales(fresh)
         for name, scale in scales.items():
             self.params[name].requires_grad_(scale is not None)
         by_param = {self.params[name]: scale for name, scale in scales.items()}
@@ -453,8 +454,11 @@ def read_report(run_dir: Path) -> dict[str, Any] | None:
     known = {f.name for f in fields(TransferReport)}
     mapping = report.get("mapping") if isinstance(report, dict) else None
     loaded = report.get("loaded") if isinstance(report, dict) else None
-    if not (isinstance(report, dict) and set(report) <= known and isinstance(report.get("source"), str)
-            and isinstance(report.get("kind"), str) and isinstance(mapping, dict)
+    required = {f.name for f in fields(TransferReport) if f.default is MISSING and f.default_factory is MISSING}
+    if not (isinstance(report, dict) and required <= set(report) <= known and isinstance(report["source"], str)
+            and isinstance(report["kind"], str) and isinstance(mapping, dict)
+            and all(report[key] is None or isinstance(report[key], str) for key in ("source_algo", "source_env_id"))
+            and (report["source_step"] is None or isinstance(report["source_step"], int))
             and all(isinstance(t, str) and (s is None or isinstance(s, str)) for t, s in mapping.items())
             and isinstance(loaded, list) and all(isinstance(name, str) for name in loaded)):
         raise CheckpointError(f"{path} is damaged: it is not the transfer report rlrun writes (source, kind, a "

@@ -174,13 +174,15 @@ def test_rlrun_eval_names_what_is_wrong(tiny_run, tmp_path):
                           "did network.* change?")
 
 
-def test_rlrun_eval_does_not_resolve_interpolations_in_a_checkpoints_config(tmp_path, tiny_run, monkeypatch):
+@pytest.mark.parametrize("env_id", ["${oc.env:RLRUN_TEST_SECRET}", "x\\${oc.env:RLRUN_TEST_SECRET}"])
+def test_rlrun_eval_does_not_resolve_interpolations_in_a_checkpoints_config(tmp_path, tiny_run, monkeypatch, env_id):
     """A checkpoint is data: `${oc.env:…}` in its stored config stays text, it does not read this machine's
-    environment (here it then names no registered env, and is refused as such)."""
+    environment (here it then names no registered env, and is refused as such). A backslash before it (which
+    OmegaConf would read as an escaped backslash, then a live interpolation) does not change that."""
     run_dir, _ = tiny_run
     payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     stored = yaml.safe_load(payload["config"])
-    stored["env"]["id"] = "${oc.env:RLRUN_TEST_SECRET}"
+    stored["env"]["id"] = env_id
     payload["config"] = yaml.safe_dump(stored)
     torch.save(payload, tmp_path / "interpolated.pt")
     monkeypatch.setenv("RLRUN_TEST_SECRET", "CartPole-v1")

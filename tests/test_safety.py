@@ -164,7 +164,7 @@ def test_nan_parameter_is_caught_before_it_is_checkpointed(tmp_path):
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("periodic", [True, False])
+@pytest.mark.parametrize("periodic", [True, False, None])  # None: checkpoints off, Ctrl-C after last.pt's rename
 def test_a_second_ctrl_c_during_the_final_checkpoint_says_which_step_resume_continues_from(tmp_path, monkeypatch,
                                                                                           periodic):
     """Ctrl-C, then Ctrl-C again while the final checkpoint is written: that write is abandoned (the previous
@@ -182,18 +182,33 @@ def test_a_second_ctrl_c_during_the_final_checkpoint_says_which_step_resume_cont
         return metrics
 
     def second_ctrl_c_during_the_final_save(path, payload, *args, **kwargs):
-        if run._stop_signal is not None:
+        if run._stop_signal is not None and periodic is not None:
             os.kill(os.getpid(), signal.SIGINT)
         return real_save(path, payload, *args, **kwargs)
 
+    real_fsync_dir, fsyncs = files._fsync_dir, []
+
+    def second_ctrl_c_after_last_pt_is_renamed(directory):
+        real_fsync_dir(directory)
+        if run._stop_signal is not None:
+            fsyncs.append(directory)
+        if len(fsyncs) == 2:  # the final save: its buffer's, then last.pt's
+            os.kill(os.getpid(), signal.SIGINT)
+
     run.agent.train_iteration = first_ctrl_c_at_step_500
     monkeypatch.setattr(run_module, "save_checkpoint", second_ctrl_c_during_the_final_save)
+    if periodic is None:
+        monkeypatch.setattr(files, "_fsync_dir", second_ctrl_c_after_last_pt_is_renamed)
     with pytest.raises(RunInterrupted) as interrupted:
         run.train()
     summary = read_summary(tmp_path)
     assert summary["status"] == "interrupted" and summary["steps_done"] >= 500
     message = interrupted_message(interrupted.value, tmp_path)
-    if periodic:
+    if periodic is None:  # the final last.pt was in place: it counts, though the write's last fsync was cut short
+        assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == summary["checkpoint_step"] \
+            == summary["steps_done"]
+        assert "not saved" not in message and f"Continue with resume={tmp_path}" in message
+    elif periodic:
         assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == summary["checkpoint_step"] == 400
         assert f"it holds step 400, the {summary['steps_done'] - 400:,} steps after it were not saved" in message
     else:
@@ -279,16 +294,17 @@ def test_a_flipped_byte_in_a_weight_is_caught(tmp_path):
         load_checkpoint(bad)
 
 
-@pytest.mark.parametrize("content", [b"hello\n", b"PK\x03\x04" + bytes(64)])
-def test_garbage_checkpoints_fail_clearly_through_the_clis(tmp_path, content):
+@pytest.mark.parametrize(("content", "needle"), [(b"hello\n", "is not a checkpoint"),
+                                                 (b"PK\x03\x04" + bytes(64), "corrupt")])
+def test_garbage_checkpoints_fail_clearly_through_the_clis(tmp_path, content, needle):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.pt").write_bytes(content)
     proc = rlrun(tmp_path / "new", *TINY, f"resume={run_dir}", check=False, timeout=120)
-    assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([str(BIN / "rlrun-eval"), str(run_dir), "--checkpoint", "last"], capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_replay_buffer_file_without_its_arrays_is_a_clear_error():
@@ -451,3 +467,22 @@ def test_a_full_disk_as_the_run_starts_is_a_clear_error(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "cannot read or write the run's files under" in proc.stderr and "No space left on device" in proc.stderr
+
+
+def test_a_process_that_leaves_async_envs_open_still_exits(tmp_path):
+    """Async env workers ignore SIGTERM (a signal to the process group is the main process's to handle), so at exit
+    rlrun closes the envs still open; multiprocessing would otherwise SIGTERM the workers and wait for ever."""
+    script = tmp_path / "leave_open.py"
+    script.write_text(textwrap.dedent("""
+        from omegaconf import OmegaConf
+        from rlrun.config import compose
+        from rlrun.envs import make_vec_env
+
+        if __name__ == "__main__":
+            envs = make_vec_env(OmegaConf.to_object(compose(["env=cartpole", "env.vectorization=async"])).env, 2)
+            envs.reset(seed=0)
+            print("exiting with the envs open", flush=True)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and "exiting with the envs open" in proc.stdout, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr

@@ -187,6 +187,17 @@ def test_ray_launcher_on_a_local_ray_instance(tmp_path):
     _check_sweep(sweep_dir, 2, {"all runs": 2})
 
 
+def test_a_sweep_whose_async_job_is_refused_while_being_built_ends(tmp_path):
+    """The refused job's env worker processes are closed with it; the sweep ends with the job's error (it used to
+    wait for ever at exit for workers that ignore SIGTERM)."""
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "algo=ppo",
+                           "env=cartpole", "env.vectorization=async", "algo.num_envs=2", "algo.num_steps=32",
+                           "algo.minibatch_size=512", "total_steps=1000"],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode != 0 and "minibatch_size" in proc.stderr, proc.stderr
+    assert "BrokenPipeError" not in proc.stderr and "EOFError" not in proc.stderr, proc.stderr
+
+
 # -- Optuna ------------------------------------------------------------------------------------------------------
 def _trials(db: Path, study: str):
     import optuna

@@ -345,6 +345,23 @@ def test_trpo_actor_cannot_be_frozen_or_lr_scaled(source, tmp_path, options):
                   "total_steps=64", *options, f"transfer.source={source}")
 
 
+def test_a_trpo_transfer_run_started_with_an_lr_scale_before_the_check_still_resumes(source, tmp_path):
+    """Before the check, a TRPO run with transfer.lr_scale=0.5 was accepted (the scale reached its critic only).
+    Such a run directory resumes as it was started; only a fresh one is refused."""
+    trpo = [*[a for a in CARTPOLE if not a.startswith("algo.update")], "algo=trpo", "transfer=finetune",
+            f"transfer.source={source}"]
+    build_run(tmp_path, *trpo, "total_steps=64").train()
+    last = tmp_path / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    stored = OmegaConf.create(payload["config"])
+    stored.transfer.lr_scale = 0.5  # as the older version stored it
+    payload["config"] = OmegaConf.to_yaml(stored)
+    torch.save(payload, last)
+    resumed = build_run(tmp_path, *trpo, "transfer.lr_scale=0.5", "total_steps=128", "resume=auto")
+    resumed.train()
+    assert load_checkpoint(last)["step"] >= 128
+
+
 def test_feature_extract_freezes_every_body_layer_and_trains_new_heads(lunar_source, tmp_path):
     run = build_run(tmp_path, *PPO, "env=lunarlander_continuous", "algo.normalize_obs=false",
                     "algo.normalize_reward=false", "total_steps=128", "transfer=feature_extract",
@@ -367,8 +384,10 @@ def test_a_non_finite_lr_scale_is_refused_before_training(source, tmp_path, opti
                   "transfer.lr_scales=[nan,1]")
 
 
-@pytest.mark.parametrize("damage", ["not json", json.dumps({"source": "x", "kind": "freeze", "mapping": "q",
-                                                            "loaded": []}), json.dumps([1, 2])])
+@pytest.mark.parametrize("damage", ["not json", json.dumps([1, 2]),
+                                    json.dumps({"source": "x", "kind": "freeze", "mapping": "q", "loaded": []}),
+                                    json.dumps({"source": "x", "kind": "freeze", "mapping": {"actor": "actor"},
+                                                "loaded": []})])  # the last lacks source_algo, …
 def test_resuming_a_transfer_run_with_a_damaged_report_names_the_file(source, tmp_path, damage):
     args = [*CARTPOLE, "total_steps=128", "transfer=freeze", "transfer.freeze_layers=1", f"transfer.source={source}"]
     build_run(tmp_path, *args).train()
