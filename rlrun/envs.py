@@ -9,10 +9,9 @@ ends in exactly the state it was in when the checkpoint was written.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import json
-import multiprocessing.util  # noqa: F401  (its exit handler is registered before _close_open_envs)
+import multiprocessing.util
 import signal
 import weakref
 from dataclasses import dataclass, field
@@ -116,29 +115,66 @@ def make_vec_env(env_cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
-def _env_worker(*args: Any) -> None:
+def _env_worker(index: int, env_fn: Any, *rest: Any) -> None:
     """Gymnasium's env worker process, deaf to SIGINT and SIGTERM. A terminal's Ctrl-C and SLURM's signals reach
     the whole process group: the main process must stop the run (checkpoint, summary.json), and a worker that died
     of the same signal first would leave it a broken pipe instead. The workers end when the main process closes the
-    envs (`EnvRunner.close`; `_close_open_envs` at exit), or dies: their pipe closes and they leave quietly."""
+    envs (`close_vector_env`), or dies: their pipe closes and they leave quietly. (Errors while the env is built
+    are still raised: gymnasium's worker reports only those of its command loop through its error queue.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    built = []
+
+    def make() -> gym.Env:
+        env = env_fn()
+        built.append(True)
+        return env
+
     try:
-        _async_worker(*args)
-    except (EOFError, OSError):  # the main process is gone (BrokenPipeError, ConnectionError are OSErrors)
+        _async_worker(index, make, *rest)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        if not built:
+            raise
+
+
+def close_vector_env(envs: gym.vector.VectorEnv, timeout: float = 10.0) -> None:
+    """Close a vector env. Gymnasium's close of an async one stops at the first worker that died (killed, out of
+    memory), before the others hear, and those ignore SIGTERM (`_env_worker`): then every pipe is closed, so the
+    workers get EOF and leave, and any still alive after `timeout` s is killed."""
+    if envs.closed:
+        return
+    if not isinstance(envs, AsyncVectorEnv):
+        envs.close()
+        return
+    try:
+        envs.close(timeout=timeout)
+        return
+    except Exception:  # noqa: BLE001  (a dead worker's pipe, a pending call that cannot complete)
         pass
+    for pipe in envs.parent_pipes:
+        if pipe is not None:
+            pipe.close()
+    for process in envs.processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    envs.closed = True
 
 
 _OPEN_ASYNC_ENVS: weakref.WeakSet[AsyncVectorEnv] = weakref.WeakSet()
 
 
-@atexit.register  # registered after multiprocessing's own exit handler, so it runs before it (atexit is LIFO)
 def _close_open_envs() -> None:
-    """At exit, close the async envs still open (a job that failed while its run was built, in a sweep): Python's
-    multiprocessing would otherwise end their workers with SIGTERM, which they ignore, and wait for them forever."""
+    """At exit, close the async envs still open (a job that failed while its run was built, in a sweep):
+    multiprocessing's exit handler would otherwise end their workers with SIGTERM, which they ignore, and wait for
+    them for ever. Registered as a multiprocessing finalizer, which that handler runs before it ends the children
+    (whatever the order of atexit handlers, and in a launcher's worker process too)."""
     for envs in list(_OPEN_ASYNC_ENVS):
-        if not envs.closed:
-            envs.close()
+        close_vector_env(envs)
+
+
+multiprocessing.util.Finalize(None, _close_open_envs, exitpriority=10)
 
 
 @dataclass
@@ -243,4 +279,4 @@ class EnvRunner:
         return result
 
     def close(self) -> None:
-        self.envs.close()
+        close_vector_env(self.envs)

@@ -96,16 +96,12 @@ def literal(data: Any) -> Any:
     return data
 
 
-def print_line(text: Any, write: Callable[[Any], None] | None = None) -> None:
-    """`print` (or `write`) to stdout that outlives its reader (`rlrun … | head`, a closed terminal's pipe): the run
-    must still write its checkpoints and summary.json, so once stdout is a closed pipe, the rest of the output goes
-    to /dev/null (Python's advice for SIGPIPE) instead of a BrokenPipeError ending the run."""
+def print_line(text: str) -> None:
+    """`print` to stdout that outlives its reader (`rlrun … | head`, a closed terminal's pipe): the run must still
+    write its checkpoints and summary.json, so once stdout is a closed pipe, the rest of the output goes to
+    /dev/null (Python's advice for SIGPIPE) instead of a BrokenPipeError ending the run."""
     try:
-        if write is None:
-            print(text, flush=True)
-        else:
-            write(text)
-            sys.stdout.flush()
+        print(text, flush=True)
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

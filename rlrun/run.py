@@ -239,9 +239,12 @@ class Run:
         try:
             self._build(cfg, run_dir, config_yaml)
         except BaseException:  # refused or failed while being built: its envs (worker processes) must not linger
-            for part in ("logger", "evaluator", "runner"):
-                if getattr(self, part, None) is not None:
-                    getattr(self, part).close()
+            for part in ("runner", "evaluator", "logger", "progress"):
+                try:
+                    if getattr(self, part, None) is not None:
+                        getattr(self, part).close()
+                except Exception:  # noqa: BLE001  (the error that stopped the build is the one to report)
+                    pass
             raise
 
     def _build(self, cfg: Config, run_dir: Path, config_yaml: str) -> None:

@@ -348,7 +348,9 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
                       _pm(row["solved_at_step_mean"], row["solved_at_step_std"], 0),
                       _pm(row["solved_at_wall_time_s_mean"], row["solved_at_wall_time_s_std"], 0),
                       "—" if sps is None else f"{sps:,.0f}")
-    print_line(table, console.print)
+    with console.capture() as captured:  # rendered here and printed through print_line: rich itself would exit(1)
+        console.print(table)               # on a closed stdout pipe
+    print_line(captured.get().rstrip("\n"))
 
 
 def summarize_sweep(sweep_dir: Path, quiet: bool = False) -> Path | None:

@@ -469,18 +469,26 @@ def test_a_full_disk_as_the_run_starts_is_a_clear_error(tmp_path):
     assert "cannot read or write the run's files under" in proc.stderr and "No space left on device" in proc.stderr
 
 
-def test_a_process_that_leaves_async_envs_open_still_exits(tmp_path):
+@pytest.mark.parametrize("kill_a_worker", [False, True])
+def test_a_process_that_leaves_async_envs_open_still_exits(tmp_path, kill_a_worker):
     """Async env workers ignore SIGTERM (a signal to the process group is the main process's to handle), so at exit
-    rlrun closes the envs still open; multiprocessing would otherwise SIGTERM the workers and wait for ever."""
+    rlrun closes the envs still open; multiprocessing would otherwise SIGTERM the workers and wait for ever. Also
+    when a worker has died (gymnasium's close stops at its broken pipe), and when multiprocessing's exit handler was
+    registered again after rlrun's import (its first get_logger() does that)."""
     script = tmp_path / "leave_open.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, signal
         from omegaconf import OmegaConf
         from rlrun.config import compose
         from rlrun.envs import make_vec_env
 
         if __name__ == "__main__":
-            envs = make_vec_env(OmegaConf.to_object(compose(["env=cartpole", "env.vectorization=async"])).env, 2)
+            multiprocessing.get_logger()
+            envs = make_vec_env(OmegaConf.to_object(compose(["env=cartpole", "env.vectorization=async"])).env, 3)
             envs.reset(seed=0)
+            if {kill_a_worker}:
+                os.kill(envs.processes[0].pid, signal.SIGKILL)
+                envs.processes[0].join()
             print("exiting with the envs open", flush=True)
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO)

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,19 @@ def test_summary_groups_by_the_overrides_that_differ_minus_seed(tmp_path):
     double = next(r for r in rows if r["configuration"] == "algo=double_dqn")
     assert double["solved_runs"] == 2 and double["solved_at_step_mean"] == 300.0
     assert double["solved_at_step_std"] == 100.0
+
+
+def test_the_sweep_table_into_a_closed_pipe_still_writes_the_summary(tmp_path):
+    """`python -m rlrun.sweep DIR | head -1` (and a multirun's closing table): rich would exit with status 1 on the
+    broken pipe; the table goes through print_line instead."""
+    for seed in (0, 1):
+        _fake_job(tmp_path, f"{seed}_job", [f"seed={seed}"], seed, 10.0 + seed, 5.0)
+    proc = subprocess.Popen([sys.executable, "-m", "rlrun.sweep", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
+    assert len(read_csv(tmp_path / "sweep_summary.csv")) == 1
 
 
 def test_summary_treats_spellings_of_one_value_alike(tmp_path):
