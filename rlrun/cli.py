@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from rlrun import CONF_DIR
 from rlrun.config import Config, register_configs
@@ -90,6 +90,18 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
                f"best {best if best is None else round(best, 1)}, {solved}. Run dir: {run_dir}")
 
 
+def _one_paragraph(exc: BaseException) -> str:
+    """The error's message; OmegaConf's without its indented key/type lines, and a missing value with the override
+    that sets it."""
+    if not isinstance(exc, OmegaConfBaseException):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    if isinstance(exc, MissingMandatoryValue) and key:
+        return f"{key} has no value and needs one: set it on the command line ({key}=…)"
+    return f"{first} ({key})" if key and key not in first else first
+
+
 def interrupted_message(exc: Any, run_dir: Path) -> str:
     """What an interrupted run says: where its files are, and the step a resume continues from when a second
     Ctrl-C cut the final checkpoint short (`exc` is a `RunInterrupted`)."""
@@ -132,9 +144,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise JobFailed(f"rlrun error: {exc}") from None
         sys.exit(EXIT_FAILED)
     except _bad_input_types() as exc:
-        _error(str(exc))
+        message = _one_paragraph(exc)
+        _error(message)
         if multirun:
-            raise JobFailed(f"rlrun error: {exc}") from None
+            raise JobFailed(f"rlrun error: {message}") from None
         sys.exit(EXIT_BAD_INPUT)
     except OSError as exc:  # a full disk or an unwritable directory outside the checkpoint writes (which say so)
         message = f"cannot read or write the run's files under {run_dir}: {exc}"

@@ -137,6 +137,7 @@ def _assert_clean_failure(proc, *needles):
     (["network.hidden=[0]"], ["network.hidden"]),
     (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
     (["env=cartpole", "env.max_episode_steps=0"], ["env.max_episode_steps must be a positive number"]),
+    (["env=gym"], ["env.id has no value and needs one: set it on the command line (env.id=…)"]),
     (["env=pendulum", "algo=ppo", "env.kwargs.g=abc"], ["Pendulum-v1 failed its first reset and step", "'g': 'abc'"]),
     (["env=gym", "env.id=FrozenLake-v1", "algo=ppo"], ["need a Box observation space"]),
     (["env=gym", "env.id=CarRacing-v3", "algo=ppo"], ["flat (1-D) observation vector", "(96, 96, 3)"]),
