@@ -162,12 +162,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from rlrun.entry import RLRUN_STARTING, interrupted
-
-    try:
-        _hydra_main()
-    except KeyboardInterrupt:  # Ctrl-C while Hydra composes the config or the run is built: nothing was trained yet
-        interrupted("rlrun", RLRUN_STARTING)
+    """`rlrun` (through rlrun/entry.py, whose guard turns a Ctrl-C before training began into one line)."""
+    _hydra_main()
 
 
 # -- rlrun-eval ------------------------------------------------------------------------------------------
@@ -289,4 +285,6 @@ def config_from_checkpoint(payload: dict[str, Any]) -> Config:
 
 
 if __name__ == "__main__":
-    main()
+    from rlrun.entry import rlrun
+
+    rlrun()

@@ -30,12 +30,10 @@ def _guarded(prog: str, module: str, function: str, detail: str) -> None:
         interrupted(prog, detail)
 
 
-RLRUN_STARTING = ("while starting, before training began; run the same command again to start (or, with "
-                  "resume=auto, to resume a run that had been started)")
-
-
 def rlrun() -> None:
-    _guarded("rlrun", "rlrun.cli", "main", RLRUN_STARTING)
+    # Once the run trains, its own handler takes a Ctrl-C (it checkpoints) and raises no KeyboardInterrupt here.
+    _guarded("rlrun", "rlrun.cli", "main", "while starting, before training began; run the same command again to "
+             "start (or, with resume=auto, to resume a run that had been started)")
 
 
 def rlrun_eval() -> None:

@@ -29,7 +29,8 @@ from rlrun.checkpoint import (
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, check_env_steps, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
-from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress, print_line
+from rlrun.files import print_line
+from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
 from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
 

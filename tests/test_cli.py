@@ -216,14 +216,14 @@ def test_rlrun_eval_corrupt_checkpoint(tmp_path, tiny_run):
 def test_ctrl_c_while_starting_is_one_line_not_a_traceback(monkeypatch, capsys):
     """Before the run installs its own handler (which checkpoints), a Ctrl-C while Hydra composes the config or
     the run is built: one line and exit 130."""
-    from rlrun import cli
+    from rlrun import cli, entry
 
     def interrupted() -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_hydra_main", interrupted)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main()
+        entry.rlrun()
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.startswith("rlrun: interrupted while starting, before training began")
 
