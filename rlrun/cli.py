@@ -38,7 +38,16 @@ def _error(message: str) -> None:
 
 
 def to_typed_config(cfg: DictConfig) -> Config:
-    """DictConfig → the typed `Config` dataclass tree algorithms receive."""
+    """DictConfig → the typed `Config` dataclass tree algorithms receive. A key no schema declares (added with
+    `+key=…`) is refused: the typed config would drop it silently."""
+    from rlrun.config import unknown_keys
+
+    unknown = unknown_keys(cfg)
+    if unknown:
+        algo = OmegaConf.select(cfg, "algo.name", default="?")
+        raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (added with "
+                         f"`+`?): no rlrun option has that name, so the run would ignore it. Check the spelling; "
+                         f"`rlrun algo={algo} --help` lists every setting.")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 

@@ -191,6 +191,45 @@ def register_configs() -> None:
         cs.store(group="algo", name=f"base_{name}", node=spec.config_cls)
 
 
+def unknown_keys(cfg: Any) -> list[str]:
+    """Dotted names in a composed config that no schema declares.
+
+    Hydra refuses `algo.lerning_rate=…` (the schemas are structs), but its own hint, `+algo.lerning_rate=…`,
+    adds the key, and the typed config would then drop it without a word: a setting the user believes in and
+    the run ignores. Free-form mappings (`env.kwargs`, `transfer.map`) are not checked.
+    """
+    from dataclasses import is_dataclass
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from rlrun.algos import ALGORITHMS
+
+    schema = OmegaConf.structured(Config)
+    algo_name = OmegaConf.select(cfg, "algo.name", default=None)
+    if algo_name in ALGORITHMS:
+        schema.algo = OmegaConf.structured(ALGORITHMS[algo_name].config_cls)
+
+    found: list[str] = []
+
+    def walk(node: Any, declared: Any, prefix: str) -> None:
+        if not isinstance(node, DictConfig) or not isinstance(declared, DictConfig):
+            return
+        if not is_dataclass(OmegaConf.get_type(declared)):
+            return  # a free-form mapping
+        for key in node.keys():
+            if key not in declared.keys():
+                found.append(f"{prefix}{key}")
+                continue
+            child = declared._get_node(key)
+            declared_type = getattr(child._metadata, "ref_type", None)
+            if OmegaConf.is_missing(declared, key) and is_dataclass(declared_type):
+                child = OmegaConf.structured(declared_type)  # env, network, transfer: declared MISSING
+            walk(node._get_node(key), child, f"{prefix}{key}.")
+
+    walk(cfg, schema, "")
+    return found
+
+
 def compose(overrides: list[str] | None = None):
     """Compose the config as `rlrun overrides…` would (for tests and scripts; no run directory)."""
     from hydra import compose as hydra_compose

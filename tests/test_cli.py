@@ -124,6 +124,8 @@ def _assert_clean_failure(proc, *needles):
     (["algo=nope"], ["nope"]),
     (["total_steps=many"], ["total_steps"]),
     (["algo.learning_rat=0.1"], ["learning_rat"]),
+    (["algo=dqn", "+algo.learning_rat=0.1", "+log.progres=none"],
+     ["unknown settings algo.learning_rat, log.progres (added with `+`?)", "rlrun algo=dqn --help"]),
     (["total_steps=-5"], ["total_steps must be positive"]),
     (["algo=dqn", "env=pendulum"], ["needs a discrete action space"]),
     (["env.id=NoSuchEnv-v9"], ["NoSuchEnv-v9"]),
@@ -145,6 +147,7 @@ def _assert_clean_failure(proc, *needles):
 def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
     proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)
     _assert_clean_failure(proc, *needles)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything trained
 
 
 def _rlrun_eval(*args):
