@@ -45,9 +45,10 @@ def to_typed_config(cfg: DictConfig) -> Config:
     unknown = unknown_keys(cfg)
     if unknown:
         algo = OmegaConf.select(cfg, "algo.name", default="?")
-        raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (added with "
-                         f"`+`?): no rlrun option has that name, so the run would ignore it. Check the spelling; "
-                         f"`rlrun algo={algo} --help` lists every setting.")
+        named = ", ".join(name + (f" (did you mean {close}?)" if close else "") for name, close in unknown.items())
+        raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {named}, added with `+`: no rlrun "
+                         f"option has that name, so the run would ignore it. `rlrun algo={algo} --help` lists "
+                         f"every setting.")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 

@@ -191,14 +191,16 @@ def register_configs() -> None:
         cs.store(group="algo", name=f"base_{name}", node=spec.config_cls)
 
 
-def unknown_keys(cfg: Any) -> list[str]:
-    """Dotted names in a composed config that no schema declares.
+def unknown_keys(cfg: Any) -> dict[str, str | None]:
+    """Dotted names in a composed config that no schema declares, each with the closest declared name beside it
+    (None when nothing is close).
 
     Hydra refuses `algo.lerning_rate=…` (the schemas are structs), but its own hint, `+algo.lerning_rate=…`,
     adds the key, and the typed config would then drop it without a word: a setting the user believes in and
     the run ignores. Free-form mappings (`env.kwargs`, `transfer.map`) are not checked.
     """
     from dataclasses import is_dataclass
+    from difflib import get_close_matches
 
     from omegaconf import DictConfig, OmegaConf
 
@@ -209,7 +211,7 @@ def unknown_keys(cfg: Any) -> list[str]:
     if algo_name in ALGORITHMS:
         schema.algo = OmegaConf.structured(ALGORITHMS[algo_name].config_cls)
 
-    found: list[str] = []
+    found: dict[str, str | None] = {}
 
     def walk(node: Any, declared: Any, prefix: str) -> None:
         if not isinstance(node, DictConfig) or not isinstance(declared, DictConfig):
@@ -218,7 +220,8 @@ def unknown_keys(cfg: Any) -> list[str]:
             return  # a free-form mapping
         for key in node.keys():
             if key not in declared.keys():
-                found.append(f"{prefix}{key}")
+                close = get_close_matches(str(key), [str(name) for name in declared.keys()], n=1)
+                found[f"{prefix}{key}"] = f"{prefix}{close[0]}" if close else None
                 continue
             child = declared._get_node(key)
             declared_type = getattr(child._metadata, "ref_type", None)

@@ -125,7 +125,8 @@ def _assert_clean_failure(proc, *needles):
     (["total_steps=many"], ["total_steps"]),
     (["algo.learning_rat=0.1"], ["learning_rat"]),
     (["algo=dqn", "+algo.learning_rat=0.1", "+log.progres=none"],
-     ["unknown settings algo.learning_rat, log.progres (added with `+`?)", "rlrun algo=dqn --help"]),
+     ["unknown settings algo.learning_rat (did you mean algo.learning_rate?), log.progres (did you mean "
+      "log.progress?), added with `+`", "rlrun algo=dqn --help"]),
     (["total_steps=-5"], ["total_steps must be positive"]),
     (["algo=dqn", "env=pendulum"], ["needs a discrete action space"]),
     (["env.id=NoSuchEnv-v9"], ["NoSuchEnv-v9"]),
