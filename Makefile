@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned to the CPU build that lies on this machine's disk; an unpinned torch would pull CUDA.
 TORCH := torch==2.13.0
 
-.PHONY: install train test test-fast lint bench clean
+.PHONY: install train test test-fast lint bench profile clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/run_bench.py $(ARGS)
+
+# Where each algorithm's training time goes (env, update, the rest; top torch operators): bench/profiles.md.
+profile: install
+	$(BIN)/python bench/hot_loops.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun

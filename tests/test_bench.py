@@ -41,3 +41,35 @@ def test_bench_refuses_bad_arguments_before_measuring(tmp_path):
         assert proc.returncode == 2, (args, proc.stdout[-2000:], proc.stderr[-2000:])
         assert message in proc.stderr, (args, proc.stderr[-2000:])
     assert not out.exists()
+
+
+def _hot_loops(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "hot_loops.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def test_hot_loops_writes_a_phase_split_and_an_operator_table(tmp_path):
+    """bench/hot_loops.py (the per-algorithm profile): its phases add up to the wall time it reports, and its
+    operator shares are shares (positive, at most 100% together)."""
+    out = tmp_path / "profiles.md"
+    proc = _hot_loops("--algos", "reinforce", "--steps-scale", "0.1", "--top", "5", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# rlrun hot-loop profiles — ")
+    split = re.search(r"Per 1,000 env steps: ([\d,.]+) ms, of which env ([\d,.]+) ms \(\d+%\), update ([\d,.]+) ms "
+                      r"\(\d+%\), acting and the rest (-?[\d,.]+) ms", text)
+    assert split, text
+    total, env, update, rest = (float(x.replace(",", "")) for x in split.groups())
+    assert env > 0 and update > 0 and total > 0
+    assert abs(env + update + rest - total) < 0.2  # rounding of four one-decimal figures
+    shares = [float(x) for x in re.findall(r"^\| `[^`]+` \| ([\d.]+)% \|", text, re.M)]
+    assert len(shares) == 5 and all(s > 0 for s in shares) and sum(shares) <= 100.05, text
+
+
+def test_hot_loops_refuses_bad_arguments(tmp_path):
+    out = tmp_path / "profiles.md"
+    for args, message in [(["--algos", "dqn,nope"], "--algos: unknown ['nope']"),
+                          (["--steps-scale", "0"], "must be positive")]:
+        proc = _hot_loops(*args, "--out", str(out))
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+    assert not out.exists()
