@@ -5,8 +5,9 @@
 For each algorithm, built exactly as `bench/run_bench.py` builds it (rl-zoo's hyperparameters, evaluation and
 logging off) and trained past its warm-up:
   1. a plain pass, no profiler: wall time per 1,000 env steps, split into the env (`EnvRunner.step`, the vector
-     env included), the update (the off-policy agents' `update()`; for the on-policy ones everything outside
-     the rollout collection) and the rest (acting, storing, sampling, bookkeeping);
+     env included), the update (the off-policy agents' `update()`, their replay sampling included; for the
+     on-policy ones everything outside the rollout collection) and the rest (acting, storing transitions,
+     the normalisers, bookkeeping);
   2. a `torch.profiler` pass over a quarter as many steps (whole iterations): the operators with the most self CPU time. The profiler adds
      ~1-2 µs to every operator, so these are shares, not timings; the plain pass gives the timings.
 It writes a dated Markdown section to `--out`, below what the file already holds.

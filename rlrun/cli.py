@@ -38,8 +38,14 @@ def _error(message: str) -> None:
 
 
 def to_typed_config(cfg: DictConfig) -> Config:
-    """DictConfig → the typed `Config` dataclass tree algorithms receive. A key no schema declares (added with
-    `+key=…`) is refused: the typed config would drop it silently."""
+    """DictConfig → the typed `Config` dataclass tree algorithms receive (after `check_known_keys`)."""
+    check_known_keys(cfg)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse (ValueError) a key that no schema declares, added with `+key=…`: the typed config would drop it
+    silently. Run for every job, and once before a sweep starts (rlrun/sweep.py)."""
     from rlrun.config import unknown_keys
 
     unknown = unknown_keys(cfg)
@@ -49,7 +55,6 @@ def to_typed_config(cfg: DictConfig) -> Config:
         raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {named}, added with `+`: no rlrun "
                          f"option has that name, so the run would ignore it. `rlrun algo={algo} --help` lists "
                          f"every setting.")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:

@@ -6,6 +6,7 @@ key or a value of the wrong type fails when Hydra composes the config, not deep 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -192,12 +193,13 @@ def register_configs() -> None:
 
 
 def unknown_keys(cfg: Any) -> dict[str, str | None]:
-    """Dotted names in a composed config that no schema declares, each with the closest declared name beside it
-    (None when nothing is close).
+    """Dotted names in a composed config that no schema declares, each with the closest declared name (None when
+    nothing is close): at the same level first, then the same name elsewhere, then a close spelling anywhere.
 
     Hydra refuses `algo.lerning_rate=…` (the schemas are structs), but its own hint, `+algo.lerning_rate=…`,
     adds the key, and the typed config would then drop it without a word: a setting the user believes in and
-    the run ignores. Free-form mappings (`env.kwargs`, `transfer.map`) are not checked.
+    the run ignores. Not counted: keys inside free-form mappings (`env.kwargs`, `transfer.map`), Hydra's own
+    `hydra` node, and helper keys that an interpolation elsewhere reads (`+lr=0.01 algo.learning_rate=${lr}`).
     """
     from dataclasses import is_dataclass
     from difflib import get_close_matches
@@ -211,26 +213,50 @@ def unknown_keys(cfg: Any) -> dict[str, str | None]:
     if algo_name in ALGORITHMS:
         schema.algo = OmegaConf.structured(ALGORITHMS[algo_name].config_cls)
 
-    found: dict[str, str | None] = {}
+    declared_names: list[str] = []  # every name a schema declares, and the keys the free-form mappings hold
+    unknown: dict[str, list[str]] = {}  # unknown name → the names declared beside it
 
     def walk(node: Any, declared: Any, prefix: str) -> None:
-        if not isinstance(node, DictConfig) or not isinstance(declared, DictConfig):
+        if not isinstance(declared, DictConfig):
             return
-        if not is_dataclass(OmegaConf.get_type(declared)):
-            return  # a free-form mapping
-        for key in node.keys():
-            if key not in declared.keys():
-                close = get_close_matches(str(key), [str(name) for name in declared.keys()], n=1)
-                found[f"{prefix}{key}"] = f"{prefix}{close[0]}" if close else None
-                continue
-            child = declared._get_node(key)
-            declared_type = getattr(child._metadata, "ref_type", None)
-            if OmegaConf.is_missing(declared, key) and is_dataclass(declared_type):
-                child = OmegaConf.structured(declared_type)  # env, network, transfer: declared MISSING
-            walk(node._get_node(key), child, f"{prefix}{key}.")
+        given = list(node.keys()) if isinstance(node, DictConfig) else []
+        if not is_dataclass(OmegaConf.get_type(declared)):  # a free-form mapping: anything goes
+            declared_names.extend(f"{prefix}{key}" for key in given)
+            return
+        siblings = [str(name) for name in declared.keys()]
+        for name in siblings:
+            declared_names.append(f"{prefix}{name}")
+            child = declared._get_node(name)
+            child_type = getattr(child._metadata, "ref_type", None)
+            if OmegaConf.is_missing(declared, name) and is_dataclass(child_type):
+                child = OmegaConf.structured(child_type)  # env, network, transfer: declared MISSING
+            walk(node._get_node(name) if name in given else None, child, f"{prefix}{name}.")
+        for key in given:
+            if str(key) not in siblings and not (prefix == "" and key == "hydra"):
+                unknown[f"{prefix}{key}"] = siblings
 
     walk(cfg, schema, "")
+    interpolations = " ".join(_interpolation_texts(OmegaConf.to_container(cfg, resolve=False)))
+    found: dict[str, str | None] = {}
+    for name, siblings in unknown.items():
+        if re.search(r"\$\{[^}]*(?<![\w.])" + re.escape(name) + r"(?![\w])", interpolations):
+            continue  # a helper key: its value reaches a real setting
+        prefix, _, leaf = name.rpartition(".")
+        same_level = get_close_matches(leaf, siblings, n=1, cutoff=0.7)
+        elsewhere = [known for known in declared_names if known.rpartition(".")[2] == leaf]
+        anywhere = get_close_matches(name, declared_names, n=1, cutoff=0.75)
+        found[name] = (f"{prefix}.{same_level[0]}" if prefix else same_level[0]) if same_level else \
+            (elsewhere or anywhere or [None])[0]
     return found
+
+
+def _interpolation_texts(value: Any) -> list[str]:
+    """Every string under `value` (a plain container) that holds an interpolation."""
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _interpolation_texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _interpolation_texts(item)]
+    return [value] if isinstance(value, str) and "${" in value else []
 
 
 def compose(overrides: list[str] | None = None):

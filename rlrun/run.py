@@ -217,16 +217,34 @@ def config_changes(saved_yaml: str, current_yaml: str, keys: tuple[str, ...],
                    added: tuple[str, ...] = ()) -> list[str]:
     """`name: saved → current` for each setting under `keys` ("seed", "env.id", "algo") that differs between
     two resolved configs (a checkpoint's and this run's). Settings under `added` that the saved config lacks
-    (written by a version without them) are not counted as changes."""
-    saved, current = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(current_yaml) or {})
+    (written by a version without them) are not counted as changes, nor are keys that no schema declares (a
+    `+key` that a version before 2026-11-26 accepted, and ignored)."""
+    saved_tree, current_tree = yaml.safe_load(saved_yaml) or {}, yaml.safe_load(current_yaml) or {}
+    saved, current = _flatten(saved_tree), _flatten(current_tree)
+    undeclared = tuple(_undeclared(saved_tree) | _undeclared(current_tree))
 
     def under(name: str, prefixes: tuple[str, ...]) -> bool:
         return any(name == key or name.startswith(f"{key}.") for key in prefixes)
 
     names = sorted(name for name in saved.keys() | current.keys()
-                   if under(name, keys) and (name in saved or not under(name, added)))
+                   if under(name, keys) and (name in saved or not under(name, added)) and not under(name, undeclared))
     return [f"{name}: {saved.get(name)} → {current.get(name)}" for name in names
             if not _same_value(saved.get(name), current.get(name))]
+
+
+def _undeclared(tree: Any) -> set[str]:
+    """The keys of a plain config tree that no schema declares (none when it is not a config at all)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlrun.config import unknown_keys
+
+    if not isinstance(tree, dict):
+        return set()
+    try:
+        return set(unknown_keys(OmegaConf.create(tree)))
+    except (OmegaConfBaseException, ValueError, TypeError):
+        return set()
 
 
 def _same_value(a: Any, b: Any) -> bool:

@@ -381,7 +381,11 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Before the sweeper opens its study: a wrong direction would otherwise be stored with it, and only its
         # first trial would say so (every trial failing, then Optuna's own traceback for a study without a result).
+        # An unknown `+key` is the same in every job: refused once here, not once per trial.
+        from rlrun.cli import check_known_keys
+
         try:
+            check_known_keys(config)
             check_direction(OmegaConf.select(config, "objective.metric"), config.hydra.sweeper.get("direction"))
             check_stored_study(config.hydra.sweeper)
         except ValueError as exc:

@@ -148,6 +148,8 @@ def _assert_clean_failure(proc, *needles):
 def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
     proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)
     _assert_clean_failure(proc, *needles)
+    if any(override.startswith("+") for override in overrides):
+        assert proc.returncode == 2  # rlrun's own bad-input code (Hydra's compose errors exit 1)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything trained
 
 

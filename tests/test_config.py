@@ -99,6 +99,18 @@ def test_a_key_added_with_plus_that_no_schema_declares_is_found():
     assert unknown_keys(cfg) == {"algo.lerning_rate": "algo.learning_rate", "env.gravty": None,
                                  "network.depth": None, "seeed": "seed", "eval.foo": None}
     assert unknown_keys(compose(["algo=sac", "+env.kwargs.extra=1"])) == {}
+    # The closest name may live at another level: the same name elsewhere, or a free-form mapping's key.
+    cfg = compose(["algo=dqn", "env=lunarlander", "+learning_rate=1e-3", "+algo.seed=3", "+algo.progress=none",
+                   "+env.gravity=-5"])
+    assert unknown_keys(cfg) == {"learning_rate": "algo.learning_rate", "algo.seed": "seed",
+                                 "algo.progress": "log.progress", "env.gravity": "env.kwargs.gravity"}
+
+
+def test_a_helper_key_that_an_interpolation_reads_is_not_unknown():
+    """`+lr=0.01 algo.learning_rate=${lr}`: the helper's value reaches a real setting, so it is not ignored."""
+    cfg = compose(["algo=dqn", "+lr=0.01", "algo.learning_rate=${lr}", "+unused=1"])
+    assert unknown_keys(cfg) == {"unused": None}
+    assert OmegaConf.to_object(cfg).algo.learning_rate == 0.01
 
 
 def test_wrong_type_fails_at_compose_time():

@@ -288,6 +288,17 @@ def test_config_changes_compares_nested_settings_and_nans():
     assert config_changes(saved, changed, ("seed", "env", "algo")) == ["algo.lr: 0.1 → 0.2", "env.kwargs.g: None → 2"]
 
 
+def test_config_changes_ignore_keys_no_schema_declares():
+    """A run made before unknown `+keys` were refused may hold one in its config (the run ignored it): resuming
+    it without the key is not a change of settings, while a real change beside it still is."""
+    from rlrun.run import config_changes
+
+    saved = "seed: 0\nalgo:\n  name: dqn\n  learning_rate: 0.001\n  lerning_rate: 0.01\n"
+    assert config_changes(saved, saved.replace("  lerning_rate: 0.01\n", ""), ("seed", "algo")) == []
+    changed = saved.replace("  lerning_rate: 0.01\n", "").replace("0.001", "0.002")
+    assert config_changes(saved, changed, ("seed", "algo")) == ["algo.learning_rate: 0.001 → 0.002"]
+
+
 def test_a_best_pt_from_past_the_checkpoint_is_not_carried(tmp_path):
     from rlrun.checkpoint import save_checkpoint
     from rlrun.run import Run

@@ -259,6 +259,17 @@ def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_
     assert len(_trials(db, "ppo_cartpole")) == 4
 
 
+def test_a_sweep_with_an_unknown_plus_key_is_refused_once_before_any_job(tmp_path):
+    """Every job would be refused alike (and an Optuna search would then end in Optuna's traceback): the sweep
+    stops at its start, with exit 2, one message and no sweep directory."""
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
+                           "+algo.lerning_rate=1", *TINY_PPO], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "unknown setting algo.lerning_rate (did you mean algo.learning_rate?)" in proc.stderr
+    assert not sweep_dir.exists()
+
+
 def test_optuna_search_with_the_wrong_direction_stops_before_its_study_exists(tmp_path):
     sweep_dir = tmp_path / "search"
     proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
