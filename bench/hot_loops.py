@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from run_bench import ZOO, bench_run, machine  # noqa: E402
+from run_bench import ZOO, bench_run, machine, train_for  # noqa: E402
 
 from rlrun.files import atomic_write_text  # noqa: E402
 
@@ -58,14 +58,6 @@ class Stopwatch:
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
-
-
-def train_for(run: Any, steps: int) -> int:
-    """Train iterations until `steps` more env steps are done; returns how many were."""
-    start = run.runner.global_step
-    while run.runner.global_step < start + steps:
-        run.agent.train_iteration(run.runner)
-    return run.runner.global_step - start
 
 
 def profile_algo(algo: str, scale: float, top: int, threads: int, tmp: Path) -> list[str]:

@@ -108,16 +108,21 @@ def bench_run(overrides: list[str], tmp: Path, threads: int, device: str = "cpu"
     return Run(OmegaConf.to_object(cfg), tmp, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def train_for(run: Run, steps: int) -> int:
+    """Train whole iterations until `steps` more env steps are done; returns how many were."""
+    start = run.runner.global_step
+    while run.runner.global_step < start + steps:
+        run.agent.train_iteration(run.runner)
+    return run.runner.global_step - start
+
+
 def rlrun_throughput(preset: str | None, steps: int, warmup: int, tmp: Path, extra: list[str],
                      threads: int, device: str = "cpu") -> tuple[float, str]:
     """Env steps/s over `steps` after `warmup` steps, and the env id (`experiment=preset`, if any, then `extra`)."""
     run = bench_run([*([f"experiment={preset}"] if preset else []), *extra], tmp, threads, device)
-    while run.runner.global_step < warmup:
-        run.agent.train_iteration(run.runner)
-    start_step, start = run.runner.global_step, time.perf_counter()
-    while run.runner.global_step < start_step + steps:
-        run.agent.train_iteration(run.runner)
-    rate = (run.runner.global_step - start_step) / (time.perf_counter() - start)
+    train_for(run, warmup)
+    start = time.perf_counter()
+    rate = train_for(run, steps) / (time.perf_counter() - start)
     run.close()
     return rate, run.cfg.env.id
 

@@ -60,11 +60,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if not zipfile.is_zipfile(path):
             with open(path, "rb") as handle:
                 head = handle.read(2)
-                if head and head[:1] != b"\x80" and head != b"PK":  # not a zip (maybe cut short), not a pickle
-                    raise CheckpointError(f"{path} is not a checkpoint: torch.save did not write it (rlrun's "
-                                          f"checkpoints are checkpoints/last.pt and best.pt in a run directory)")
-        # torch.load does not check the zip members' CRCs: a flipped byte in a tensor would load as a wrong weight
-        if zipfile.is_zipfile(path):
+            if head and head[:1] != b"\x80" and head != b"PK":  # not a zip (maybe cut short), not a pickle
+                raise CheckpointError(f"{path} is not a checkpoint: torch.save did not write it (rlrun's "
+                                      f"checkpoints are checkpoints/last.pt and best.pt in a run directory)")
+        else:  # torch.load does not check the zip members' CRCs: a flipped byte would load as a wrong weight
             with zipfile.ZipFile(path) as archive:
                 damaged = archive.testzip()
             if damaged is not None:

@@ -451,16 +451,22 @@ def read_report(run_dir: Path) -> dict[str, Any] | None:
         report = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path} is not readable JSON ({exc}); it is damaged") from None
-    known = {f.name for f in fields(TransferReport)}
-    mapping = report.get("mapping") if isinstance(report, dict) else None
-    loaded = report.get("loaded") if isinstance(report, dict) else None
-    required = {f.name for f in fields(TransferReport) if f.default is MISSING and f.default_factory is MISSING}
-    if not (isinstance(report, dict) and required <= set(report) <= known and isinstance(report["source"], str)
-            and isinstance(report["kind"], str) and isinstance(mapping, dict)
-            and all(report[key] is None or isinstance(report[key], str) for key in ("source_algo", "source_env_id"))
-            and (report["source_step"] is None or isinstance(report["source_step"], int))
-            and all(isinstance(t, str) and (s is None or isinstance(s, str)) for t, s in mapping.items())
-            and isinstance(loaded, list) and all(isinstance(name, str) for name in loaded)):
+    if not (isinstance(report, dict) and _report_fields_valid(report)):
         raise CheckpointError(f"{path} is damaged: it is not the transfer report rlrun writes (source, kind, a "
                               f"mapping of network names, the list of loaded tensors, …)")
     return report
+
+
+def _report_fields_valid(report: dict[str, Any]) -> bool:
+    """Every field TransferReport requires is there, no unknown one, and those a resume reads have their types."""
+    known = {f.name for f in fields(TransferReport)}
+    required = {f.name for f in fields(TransferReport) if f.default is MISSING and f.default_factory is MISSING}
+    if not required <= set(report) <= known:
+        return False
+    mapping, loaded = report["mapping"], report.get("loaded")  # loaded: a resume needs it, though it has a default
+    return (isinstance(report["source"], str) and isinstance(report["kind"], str)
+            and all(report[key] is None or isinstance(report[key], str) for key in ("source_algo", "source_env_id"))
+            and (report["source_step"] is None or isinstance(report["source_step"], int))
+            and isinstance(mapping, dict)
+            and all(isinstance(t, str) and (s is None or isinstance(s, str)) for t, s in mapping.items())
+            and isinstance(loaded, list) and all(isinstance(name, str) for name in loaded))
