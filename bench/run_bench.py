@@ -169,9 +169,13 @@ def sb3_model(algo: str, seed: int = 0, device: str = "cpu"):
     return None
 
 
-def sb3_throughput(algo: str, steps: int, warmup: int, device: str = "cpu") -> float | None:
+def sb3_throughput(algo: str, steps: int, warmup: int, device: str = "cpu",
+                   flush_denormals: bool = False) -> float | None:
+    """SB3's training env steps/s; by default with subnormal floats kept, as SB3 runs out of the box (rlrun's
+    runs in this process switch flushing on: `flush_denormals`)."""
     from stable_baselines3.common.callbacks import BaseCallback
 
+    torch.set_flush_denormal(flush_denormals)
     model = sb3_model(algo, device=device)
     if model is None:
         return None
@@ -225,6 +229,7 @@ def sb3_solve_times(algo: str, seeds: list[int], timeout_s: float | None) -> lis
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
+    torch.set_flush_denormal(False)  # SB3 as it runs out of the box
     env_name, threshold = SOLVE[algo]
     cfg = compose([f"algo={algo}", f"env={env_name}"])
     every, episodes = cfg.eval.every_steps, cfg.eval.episodes
@@ -286,6 +291,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both libraries")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where both libraries train (throughput rows; time-to-solve stays on the CPU)")
+    parser.add_argument("--sb3-flush-denormals", action="store_true",
+                        help="SB3's throughput runs with subnormal floats flushed too, as rlrun's are by default")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -328,8 +335,9 @@ def main() -> None:
     lines = [f"## {title}" if earlier else f"# {title}", "",
              f"Machine: {machine(args.device)}; training on {args.device}, {torch.get_num_threads()} torch thread(s) for "
              f"both libraries, "
-             f"torch {torch.__version__}, Python {platform.python_version()}. Medians of {args.repeats} "
-             f"alternating measurements in one process.", "",
+             f"torch {torch.__version__}, Python {platform.python_version()}; subnormal floats flushed in rlrun's "
+             f"runs (its default `flush_denormals=true`), {'flushed' if args.sb3_flush_denormals else 'kept'} in "
+             f"SB3's. Medians of {args.repeats} alternating measurements in one process.", "",
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
 
     def report(lines: list[str], note: str = "") -> None:
@@ -354,7 +362,7 @@ def main() -> None:
             rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads, args.device)
             ours.append(rate)
             if have_sb3:
-                rate = sb3_throughput(sb3_name(algo), steps, warmup, args.device)
+                rate = sb3_throughput(sb3_name(algo), steps, warmup, args.device, args.sb3_flush_denormals)
                 if rate is not None:
                     theirs.append(rate)
         ours_med = statistics.median(ours)

@@ -56,6 +56,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_flush_denormals(enabled: bool) -> None:
+    """Subnormal floats as zero (x86 FTZ/DAZ) in CPU arithmetic, or not (`flush_denormals`).
+
+    The flag is per thread: torch's intra-op threads take it from the thread that starts them, at the process's
+    first multi-threaded op, which in `rlrun` comes after this. The same setting gives the same numbers: a run
+    is reproducible either way, and resumes either way.
+    """
+    if not torch.set_flush_denormal(enabled) and enabled:
+        warnings.warn("flush_denormals=true: this CPU cannot flush subnormal floats (torch supports it on x86 "
+                      "with SSE3); they stay, and arithmetic on them stays slow", stacklevel=2)
+
+
 def resolve_device(device: Device) -> torch.device:
     if device == Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -287,6 +299,7 @@ class Run:
             raise ValueError(f"network.hidden must list positive layer widths, got {list(cfg.network.hidden)}")
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
+        set_flush_denormals(cfg.flush_denormals)
         self.device = resolve_device(cfg.device)
         if getattr(cfg.algo, "bf16", False):
             check_bf16(self.device)

@@ -4,6 +4,7 @@ import itertools
 
 import gymnasium as gym
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -158,3 +159,21 @@ def test_a_network_preset_on_the_command_line_replaces_the_tuned_network():
 def test_async_vectorization_composes():
     typed = OmegaConf.to_object(compose(["env.vectorization=async"]))
     assert typed.env.vectorization.value == "async"
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormals_sets_the_cpu_flag(tmp_path, flush):
+    """`flush_denormals` (default true) makes subnormal floats read and compute as zero, so Adam's moments of
+    dead ReLU units stop costing a slow path; `flush_denormals=false` keeps IEEE subnormals."""
+    from rlrun.run import Run
+
+    subnormal = torch.full((4,), 1e-40)  # made before the flag; float32 subnormals start below 1.18e-38
+    assert bool((subnormal != 0).all())
+    overrides = ["algo=dqn", "env=cartpole", "total_steps=8", "log.tensorboard=false", "log.progress=none"]
+    cfg = compose([*overrides, *([] if flush else ["flush_denormals=false"])])
+    try:
+        run = Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg))
+        run.close()
+        assert bool(((subnormal * 1.0) == 0).all()) is flush
+    finally:
+        torch.set_flush_denormal(False)  # the process default, for the tests after this one

@@ -327,6 +327,47 @@ def test_bf16_update_learns_the_critic_on_any_cpu(algo):
     assert any(not torch.equal(p, q) for p, q in zip(agent.critic.parameters(), critic_before))
 
 
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+def test_bf16_update_keeps_output_layers_fp32_forward_and_backward(algo):
+    """`algo.bf16` runs the hidden layers' matrix multiplies in bfloat16 and the output layers' in fp32, in the
+    backward pass too (autocast wraps the forward passes only; around backward it would turn the output
+    layers' gradient matmuls into bf16 as well). Pendulum's 1-D action makes every output layer [*, 1]."""
+    from omegaconf import OmegaConf
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rlrun.algos import ALGORITHMS
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.envs import EnvRunner, make_vec_env
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.head, self.hidden = set(), set()  # operand dtypes of output-layer and of hidden-layer matmuls
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                a, b = args[-2:]
+                head = {1, 2} & {*a.shape, *b.shape}  # SAC's actor head is [*, 2] (mean, log σ); no hidden is
+                (self.head if head else self.hidden).add((a.dtype, b.dtype))
+            return func(*args, **(kwargs or {}))
+
+    cfg = OmegaConf.to_object(compose([f"algo={algo}", "env=pendulum", "algo.learning_starts=64",
+                                       "algo.batch_size=16", "network.hidden=[24,40]", "algo.bf16=true"]))
+    torch.manual_seed(0)
+    runner = EnvRunner(make_vec_env(cfg.env, 1), seed=0)
+    ctx = AgentContext(runner.single_observation_space, runner.single_action_space, cfg.network,
+                       torch.device("cpu"), 0, 200, 1)
+    agent = ALGORITHMS[algo].make_agent(cfg.algo, ctx)
+    while runner.global_step < 64:
+        agent.train_iteration(runner)
+    dtypes = MatmulDtypes()
+    with dtypes:
+        agent.update()
+        agent.update()  # TD3 updates its actor every second step
+    assert dtypes.head == {(torch.float32, torch.float32)}
+    assert dtypes.hidden == {(torch.bfloat16, torch.bfloat16)}
+
+
 @pytest.mark.parametrize("algo", ["dqn", "ddpg", "td3", "sac"])
 def test_agent_random_stream_is_not_env_zeros(algo):
     """The agent's generator (warm-up actions, noise, replay sampling) is seeded from the run's seed but is

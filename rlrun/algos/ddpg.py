@@ -131,25 +131,26 @@ class DDPGAgent:
                 self.noise.reset(step.done)
         metrics: dict[str, Any] = {}
         if runner.global_step > cfg.learning_starts:
-            with bf16_autocast(self.device, cfg.bf16):
-                for _ in range(self.gradient_steps):
-                    metrics = self.update() if self.graphed is None else self.graphed()
+            for _ in range(self.gradient_steps):
+                metrics = self.update() if self.graphed is None else self.graphed()
         return metrics
 
     def update(self, batch: Batch | None = None) -> dict[str, torch.Tensor]:
         """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
             next_q = self.critic_target(batch.next_obs, self.actor_target(batch.next_obs))[0]
             targets = ddpg_target(batch.rewards, batch.terminated, next_q, cfg.gamma)
-        q_values = self.critic(batch.obs, batch.actions)[0]
+        with bf16_autocast(self.device, cfg.bf16):
+            q_values = self.critic(batch.obs, batch.actions)[0]
         critic_loss = (q_values - targets).square().mean()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
 
-        actor_loss = -self.critic(batch.obs, self.actor(batch.obs))[0].mean()
+        with bf16_autocast(self.device, cfg.bf16):
+            actor_loss = -self.critic(batch.obs, self.actor(batch.obs))[0].mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_backward(actor_loss, self.actor)
         self.actor_optimizer.step()

@@ -205,16 +205,16 @@ class SACAgent:
         metrics: dict[str, Any] = {}
         if runner.global_step > cfg.learning_starts:
             self.set_learning_rates(runner.global_step)
-            with bf16_autocast(self.device, cfg.bf16):
-                for _ in range(self.gradient_steps):
-                    metrics = self.update() if self.graphed is None else self.graphed()
+            for _ in range(self.gradient_steps):
+                metrics = self.update() if self.graphed is None else self.graphed()
         return metrics
 
     def update(self, batch: Batch | None = None) -> dict[str, torch.Tensor]:
         """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        actions_pi, log_prob_pi = self.actor.sample(batch.obs)
+        with bf16_autocast(self.device, cfg.bf16):
+            actions_pi, log_prob_pi = self.actor.sample(batch.obs)
         alpha = self.log_alpha.detach().exp()
         metrics: dict[str, torch.Tensor] = {}
         if self.alpha_optimizer is not None:
@@ -224,18 +224,20 @@ class SACAgent:
             self.alpha_optimizer.step()
             metrics["losses/alpha_loss"] = alpha_loss.detach()
 
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
             next_actions, next_log_prob = self.actor.sample(batch.next_obs)
             targets = sac_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
                                  next_log_prob, alpha, cfg.gamma)
-        q_values = self.critic(batch.obs, batch.actions)
+        with bf16_autocast(self.device, cfg.bf16):
+            q_values = self.critic(batch.obs, batch.actions)
         critic_loss = 0.5 * (q_values - targets).square().mean(dim=1).sum()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
 
         # The actor is scored by the just-updated critics (as in the paper's and SB3's order).
-        q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
+        with bf16_autocast(self.device, cfg.bf16):
+            q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
         actor_loss = (alpha * log_prob_pi - q_pi).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_backward(actor_loss, self.actor)

@@ -155,21 +155,21 @@ class TD3Agent:
                 self.noise.reset(step.done)
         metrics: dict[str, Any] = {}
         if runner.global_step > cfg.learning_starts:
-            with bf16_autocast(self.device, cfg.bf16):
-                for _ in range(self.gradient_steps):
-                    metrics = self.update() if self.graphed is None else self.graphed()
+            for _ in range(self.gradient_steps):
+                metrics = self.update() if self.graphed is None else self.graphed()
         return metrics
 
     def update(self, batch: Batch | None = None) -> dict[str, torch.Tensor]:
         """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
             next_actions = smoothed_target_actions(self.actor_target(batch.next_obs), cfg.target_noise,
                                                    cfg.noise_clip)
             targets = td3_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
                                  cfg.gamma)
-        q_values = self.critic(batch.obs, batch.actions)
+        with bf16_autocast(self.device, cfg.bf16):
+            q_values = self.critic(batch.obs, batch.actions)
         critic_loss = (q_values - targets).square().mean(dim=1).sum()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -177,7 +177,8 @@ class TD3Agent:
         self.n_updates += 1
 
         if self.n_updates % cfg.policy_delay == 0:
-            actor_loss = -self.critic(batch.obs, self.actor(batch.obs), first=1).mean()
+            with bf16_autocast(self.device, cfg.bf16):
+                actor_loss = -self.critic(batch.obs, self.actor(batch.obs), first=1).mean()
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_backward(actor_loss, self.actor)
             self.actor_optimizer.step()
