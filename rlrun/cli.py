@@ -215,7 +215,7 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     from rlrun.envs import make_env
     from rlrun.evaluation import Evaluator
     from rlrun.onpolicy import observation_normalizer
-    from rlrun.run import load_model_state, resolve_device
+    from rlrun.run import load_model_state, resolve_device, set_flush_denormals
 
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
@@ -238,6 +238,7 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     if ":" in cfg.env.id and not import_env_module:  # a checkpoint is data: it must not choose code to import
         raise CheckpointError(f"{ckpt} names env.id={cfg.env.id!r}, which would import the module before the ':' "
                               f"(Gymnasium's module:EnvId form). If you trust that module, pass --import-env-module")
+    set_flush_denormals(cfg.flush_denormals)  # the arithmetic the run evaluated with
     env = make_env(cfg.env)
     # The training run's total_steps and num_envs: agents check their batch sizes against them.
     ctx = AgentContext(env.observation_space, env.action_space, cfg.network, resolve_device(Device(device)),
