@@ -11,7 +11,8 @@ both libraries (`--threads`, default 1; `--device`, default cpu):
 It adds a dated Markdown table to `bench/results.md` (or `--out`), below what the file already holds.
 
     python bench/run_bench.py [--algos dqn,ppo] [--repeats 3] [--solve [--solve-algos ppo,dqn]] [--seeds 0,1,2]
-                                [--threads 1] [--device cuda] [--later STEPS] [--sb3-flush-denormals]
+                                [--threads 1] [--device cuda] [--later STEPS] [--window STEPS]
+                                [--sb3-flush-denormals]
 """
 
 from __future__ import annotations
@@ -294,6 +295,9 @@ def main() -> None:
     parser.add_argument("--later", type=int, default=0, metavar="STEPS",
                         help="measure each throughput row after STEPS more env steps of training than its usual "
                              "warm-up (later in training both libraries' optimizer states differ from early on)")
+    parser.add_argument("--window", type=int, default=0, metavar="STEPS",
+                        help="measure each throughput row over STEPS env steps instead of its usual window "
+                             "(e.g. most of rl-zoo's budget, 99000 for DQN)")
     parser.add_argument("--sb3-flush-denormals", action="store_true",
                         help="SB3's throughput runs with subnormal floats flushed too, as rlrun's are by default")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
@@ -316,8 +320,8 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2")
-    if args.later < 0:
-        parser.error(f"--later {args.later}: give a number of env steps >= 0")
+    if args.later < 0 or args.window < 0:
+        parser.error(f"--later {args.later} --window {args.window}: give numbers of env steps >= 0")
     if not cuda and (graphed := [a for a in algos if a.endswith("_graphs")]):
         parser.error(f"--algos {','.join(graphed)}: CUDA graphs need --device cuda")
     if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
@@ -343,7 +347,8 @@ def main() -> None:
              f"torch {torch.__version__}, Python {platform.python_version()}; subnormal floats flushed in rlrun's "
              f"runs (its default `flush_denormals=true`), {'flushed' if args.sb3_flush_denormals else 'kept'} in "
              f"SB3's. Medians of {args.repeats} alternating measurements in one process"
-             f"{f', each after {args.later:,} env steps more than the usual warm-up' if args.later else ''}.", "",
+             f"{f', each after {args.later:,} env steps more than the usual warm-up' if args.later else ''}"
+             f"{f', each over {args.window:,} env steps' if args.window else ''}.", "",
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
 
     def report(lines: list[str], note: str = "") -> None:
@@ -363,6 +368,7 @@ def main() -> None:
     for algo in algos:
         preset, steps, warmup, *rest = ZOO[algo]
         warmup += args.later
+        steps = args.window or steps
         extra = rest[0] if rest else []
         ours, theirs = [], []
         for _ in range(args.repeats):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -34,6 +35,14 @@ def read_evaluations(run_dir: Path) -> list[dict[str, float]]:
     lines = (Path(run_dir) / "evaluations.csv").read_text().strip().splitlines()
     header = lines[0].split(",")
     return [dict(zip(header, map(float, line.split(",")))) for line in lines[1:]]
+
+
+@pytest.fixture(autouse=True)
+def subnormals_kept_between_tests():
+    """A Run built in a test process flushes subnormal floats (`flush_denormals`, a thread flag): put the flag
+    back as a process starts, so that no test's numbers depend on which tests ran before it."""
+    yield
+    torch.set_flush_denormal(False)
 
 
 @pytest.fixture

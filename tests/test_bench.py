@@ -39,7 +39,7 @@ def test_bench_refuses_bad_arguments_before_measuring(tmp_path):
                           (["--algos", "td3_graphs"], "CUDA graphs need --device cuda"),
                           (["--solve", "--solve-algos", "a2c", "--algos", ""], "no solve target for ['a2c']"),
                           (["--solve", "--seeds", "0,one", "--algos", ""], "--seeds '0,one': give integers"),
-                          (["--later", "-5", "--algos", "dqn"], "--later -5: give a number of env steps >= 0")]:
+                          (["--later", "-5", "--algos", "dqn"], "--later -5 --window 0: give numbers of env steps >= 0")]:
         proc = _bench(*args, "--no-sb3", "--out", str(out))
         assert proc.returncode == 2, (args, proc.stdout[-2000:], proc.stderr[-2000:])
         assert message in proc.stderr, (args, proc.stderr[-2000:])

@@ -164,16 +164,14 @@ def test_async_vectorization_composes():
 @pytest.mark.parametrize("flush", [True, False])
 def test_flush_denormals_sets_the_cpu_flag(tmp_path, flush):
     """`flush_denormals` (default true) makes subnormal floats read and compute as zero, so Adam's moments of
-    dead ReLU units stop costing a slow path; `flush_denormals=false` keeps IEEE subnormals."""
+    dead ReLU units stop costing a slow path; `flush_denormals=false` keeps IEEE subnormals. (conftest puts
+    the flag back after each test.)"""
     from rlrun.run import Run
 
-    subnormal = torch.full((4,), 1e-40)  # made before the flag; float32 subnormals start below 1.18e-38
+    subnormal = torch.full((4,), 1e-40)  # float32 subnormals lie below 1.18e-38
     assert bool((subnormal != 0).all())
     overrides = ["algo=dqn", "env=cartpole", "total_steps=8", "log.tensorboard=false", "log.progress=none"]
     cfg = compose([*overrides, *([] if flush else ["flush_denormals=false"])])
-    try:
-        run = Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg))
-        run.close()
-        assert bool(((subnormal * 1.0) == 0).all()) is flush
-    finally:
-        torch.set_flush_denormal(False)  # the process default, for the tests after this one
+    run = Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg))
+    run.close()
+    assert bool(((subnormal * 1.0) == 0).all()) is flush
