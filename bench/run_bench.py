@@ -63,8 +63,12 @@ ZOO: dict[str, tuple] = {
     "sac_graphs": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
     # PPO's minibatch loss compiled by torch.compile (algo.compile=true); the warm-up iteration compiles it.
     "ppo_compile": ("zoo_ppo_lunarlander", 3 * 16_384, 16_384, ["algo.compile=true"]),
+    # Subnormal floats kept (flush_denormals=false), to measure what flushing them buys; asked for by name only,
+    # and best with --later: early in training few of Adam's moments have decayed into the subnormals yet.
+    "dqn_subnormals": ("zoo_dqn_lunarlander", 4_000, 1_000, ["flush_denormals=false"]),
+    "td3_subnormals": ("zoo_td3_lunarlander", 1_000, 10_000, ["flush_denormals=false"]),
 }
-VARIANTS = ("_bf16", "_graphs", "_compile")  # a row's SB3 counterpart is its algorithm without the suffix
+VARIANTS = ("_bf16", "_graphs", "_compile", "_subnormals")  # a row's SB3 counterpart is its algorithm without the suffix
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
 
@@ -308,7 +312,8 @@ def main() -> None:
     bf16_ok = has_native_bf16(torch.device(args.device))
     cuda = args.device == "cuda"
     if args.algos is None:  # *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it), *_graphs CUDA
-        algos = [a for a in ZOO if (bf16_ok or not a.endswith("_bf16")) and (cuda or not a.endswith("_graphs"))]
+        algos = [a for a in ZOO if (bf16_ok or not a.endswith("_bf16")) and (cuda or not a.endswith("_graphs"))
+                 and not a.endswith("_subnormals")]
     else:
         algos = [a for a in args.algos.split(",") if a]
     if unknown := [a for a in algos if a not in ZOO]:
