@@ -301,10 +301,9 @@ def test_zoo_presets_set_every_algo_field(preset, config_cls):
     assert set(written) == {f.name for f in dataclasses.fields(cls)} - {"name"}
 
 
-@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
-def test_bf16_update_learns_the_critic_on_any_cpu(algo):
-    """The bf16 update itself, below Run's hardware check (which refuses it where bf16 is emulated): finite
-    losses, fp32 weights, and weights that move."""
+def bf16_pendulum_agent(algo: str, hidden: str):
+    """A bf16 agent and its env runner on Pendulum, built below Run's hardware check (which refuses bf16 where
+    it is emulated), so the update itself is tested on any CPU."""
     from omegaconf import OmegaConf
 
     from rlrun.algos import ALGORITHMS
@@ -312,12 +311,18 @@ def test_bf16_update_learns_the_critic_on_any_cpu(algo):
     from rlrun.envs import EnvRunner, make_vec_env
 
     cfg = OmegaConf.to_object(compose([f"algo={algo}", "env=pendulum", "algo.learning_starts=64",
-                                       "algo.batch_size=16", "network.hidden=[16,16]", "algo.bf16=true"]))
+                                       "algo.batch_size=16", f"network.hidden={hidden}", "algo.bf16=true"]))
     torch.manual_seed(0)
     runner = EnvRunner(make_vec_env(cfg.env, 1), seed=0)
     ctx = AgentContext(runner.single_observation_space, runner.single_action_space, cfg.network,
                        torch.device("cpu"), 0, 200, 1)
-    agent = ALGORITHMS[algo].make_agent(cfg.algo, ctx)
+    return runner, ALGORITHMS[algo].make_agent(cfg.algo, ctx)
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+def test_bf16_update_learns_the_critic_on_any_cpu(algo):
+    """The bf16 update: finite losses, fp32 weights, and weights that move."""
+    runner, agent = bf16_pendulum_agent(algo, "[16,16]")
     critic_before = [p.detach().clone() for p in agent.critic.parameters()]
     metrics = {}
     while runner.global_step < 100:
@@ -332,12 +337,7 @@ def test_bf16_update_keeps_output_layers_fp32_forward_and_backward(algo):
     """`algo.bf16` runs the hidden layers' matrix multiplies in bfloat16 and the output layers' in fp32, in the
     backward pass too (autocast wraps the forward passes only; around backward it would turn the output
     layers' gradient matmuls into bf16 as well). Pendulum's 1-D action makes every output layer [*, 1]."""
-    from omegaconf import OmegaConf
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from rlrun.algos import ALGORITHMS
-    from rlrun.algos.protocol import AgentContext
-    from rlrun.envs import EnvRunner, make_vec_env
 
     class MatmulDtypes(TorchDispatchMode):
         def __init__(self):
@@ -351,13 +351,7 @@ def test_bf16_update_keeps_output_layers_fp32_forward_and_backward(algo):
                 (self.head if head else self.hidden).add((a.dtype, b.dtype))
             return func(*args, **(kwargs or {}))
 
-    cfg = OmegaConf.to_object(compose([f"algo={algo}", "env=pendulum", "algo.learning_starts=64",
-                                       "algo.batch_size=16", "network.hidden=[24,40]", "algo.bf16=true"]))
-    torch.manual_seed(0)
-    runner = EnvRunner(make_vec_env(cfg.env, 1), seed=0)
-    ctx = AgentContext(runner.single_observation_space, runner.single_action_space, cfg.network,
-                       torch.device("cpu"), 0, 200, 1)
-    agent = ALGORITHMS[algo].make_agent(cfg.algo, ctx)
+    runner, agent = bf16_pendulum_agent(algo, "[24,40]")
     while runner.global_step < 64:
         agent.train_iteration(runner)
     dtypes = MatmulDtypes()
