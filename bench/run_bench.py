@@ -350,7 +350,7 @@ def main() -> None:
              f"Machine: {machine(args.device)}; training on {args.device}, {torch.get_num_threads()} torch thread(s) for "
              f"both libraries, "
              f"torch {torch.__version__}, Python {platform.python_version()}; subnormal floats flushed in rlrun's "
-             f"runs (its default `flush_denormals=true`), {'flushed' if args.sb3_flush_denormals else 'kept'} in "
+             f"runs (its default `flush_denormals=true`; kept in `*_subnormals` rows), {'flushed' if args.sb3_flush_denormals else 'kept'} in "
              f"SB3's. Medians of {args.repeats} alternating measurements in one process"
              f"{f', each after {args.later:,} env steps more than the usual warm-up' if args.later else ''}"
              f"{f', each over {args.window:,} env steps' if args.window else ''}.", "",

@@ -176,7 +176,7 @@ class Config:
     flush_denormals: bool = True
     """Treat subnormal floats as zero on the CPU (x86 FTZ/DAZ, `torch.set_flush_denormal`). Adam's first moment of
     a dead ReLU unit decays into the subnormals and stays at the smallest one (0.9 × 1.4e-45 rounds back up), and
-    arithmetic on subnormals is slow: 26-51 % of the DQN/TD3 moments at zoo settings, Adam's step 3-4× slower."""
+    arithmetic on subnormals is slow: 26-53 % of the DQN/TD3 first moments at zoo settings, Adam's step 3-4× slower."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -1,6 +1,7 @@
 """Every config group composes; schemas catch typos and wrong types; incompatible pairs fail clearly."""
 
 import itertools
+import warnings
 
 import gymnasium as gym
 import pytest
@@ -162,16 +163,36 @@ def test_async_vectorization_composes():
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_flush_denormals_sets_the_cpu_flag(tmp_path, flush):
+def test_flush_denormals_sets_the_cpu_flag_for_training_and_for_rlrun_eval(tmp_path, flush):
     """`flush_denormals` (default true) makes subnormal floats read and compute as zero, so Adam's moments of
-    dead ReLU units stop costing a slow path; `flush_denormals=false` keeps IEEE subnormals. (conftest puts
-    the flag back after each test.)"""
+    dead ReLU units stop costing a slow path; `flush_denormals=false` keeps IEEE subnormals. `rlrun-eval` sets
+    what the checkpoint's run used. (conftest puts the flag back after each test.)"""
+    from rlrun.cli import evaluate_checkpoint
     from rlrun.run import Run
 
+    def flushes() -> bool:
+        return bool(((subnormal * 1.0) == 0).all())
+
     subnormal = torch.full((4,), 1e-40)  # float32 subnormals lie below 1.18e-38
-    assert bool((subnormal != 0).all())
-    overrides = ["algo=dqn", "env=cartpole", "total_steps=8", "log.tensorboard=false", "log.progress=none"]
+    assert not flushes()
+    overrides = ["algo=dqn", "env=cartpole", "total_steps=64", "eval.episodes=1", "log.tensorboard=false",
+                 "log.progress=none"]
     cfg = compose([*overrides, *([] if flush else ["flush_denormals=false"])])
     run = Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg))
-    run.close()
-    assert bool(((subnormal * 1.0) == 0).all()) is flush
+    assert flushes() is flush
+    run.train()
+    torch.set_flush_denormal(not flush)  # the opposite of the run's setting, which rlrun-eval must restore
+    evaluate_checkpoint(tmp_path, 1, "last", 0, "cpu", video=False)
+    assert flushes() is flush
+
+
+def test_flush_denormals_warns_where_the_cpu_cannot(monkeypatch):
+    from rlrun.run import set_flush_denormals
+
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda enabled: False)  # what torch returns off x86/SSE3
+    with pytest.warns(UserWarning, match="cannot flush subnormal floats"):
+        set_flush_denormals(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        set_flush_denormals(False)  # keeping them asks nothing of the CPU
+    assert not caught

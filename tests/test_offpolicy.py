@@ -336,7 +336,7 @@ def test_bf16_update_learns_the_critic_on_any_cpu(algo):
 def test_bf16_update_keeps_output_layers_fp32_forward_and_backward(algo):
     """`algo.bf16` runs the hidden layers' matrix multiplies in bfloat16 and the output layers' in fp32, in the
     backward pass too (autocast wraps the forward passes only; around backward it would turn the output
-    layers' gradient matmuls into bf16 as well). Pendulum's 1-D action makes every output layer [*, 1]."""
+    layers' gradient matmuls into bf16 as well)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class MatmulDtypes(TorchDispatchMode):
@@ -347,7 +347,9 @@ def test_bf16_update_keeps_output_layers_fp32_forward_and_backward(algo):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
                 a, b = args[-2:]
-                head = {1, 2} & {*a.shape, *b.shape}  # SAC's actor head is [*, 2] (mean, log σ); no hidden is
+                # Output layers are [*, 1] (critics; Pendulum's one action) or [*, 2] (SAC's mean and log σ);
+                # no hidden-layer operand has a dimension of 1 or 2 (batch 16, widths 3, 4, 24, 40).
+                head = {1, 2} & {*a.shape, *b.shape}
                 (self.head if head else self.hidden).add((a.dtype, b.dtype))
             return func(*args, **(kwargs or {}))
 
