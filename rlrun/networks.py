@@ -153,6 +153,72 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False)
 
 
-def make_adam(params, lr: float, **kwargs) -> torch.optim.Adam:
-    """Adam with the fused kernel: on a CPU it steps a 70k-parameter MLP ~3× faster than the default loop."""
-    return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
+class FusedAdam(torch.optim.Adam):
+    """`torch.optim.Adam(fused=True)` whose `step` and `zero_grad` skip torch's per-call bookkeeping on a CPU.
+
+    The fused kernel itself is fast; what costs on the small networks RL trains is the Python around it: each
+    `step` regroups the parameters by device and dtype and re-checks their state. `step` here calls the same
+    `torch._fused_adam_` kernel with the same arguments as torch's fused path (one `_foreach_add_` for the step
+    counts, then the kernel), so the result is bit-identical (tests/test_networks.py); `zero_grad` sets the
+    gradients to None in a plain loop. Torch's own step still runs where it has work the fast path does not do:
+    a parameter without state yet (the first step), a closure, a tensor learning rate, amsgrad, maximize,
+    AdamW's decoupled weight decay, capturable (CUDA-graph capture), or parameters off the CPU. The state
+    dict, checkpoints, profiler label and step hooks are torch's.
+    """
+
+    def __init__(self, params, lr: float, **kwargs):
+        super().__init__(params, lr=lr, fused=True, **kwargs)
+        self._find_device()
+
+    def __setstate__(self, state: dict) -> None:  # copy.deepcopy and pickle keep torch's attributes only
+        super().__setstate__(state)
+        self._find_device()
+
+    def _find_device(self) -> None:
+        self.on_cpu = all(p.device.type == "cpu" for group in self.param_groups for p in group["params"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None or not self.on_cpu:
+            return self._torch_step(closure)
+        calls = []
+        for group in self.param_groups:
+            if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+                    or group.get("decoupled_weight_decay") or isinstance(group["lr"], torch.Tensor)):
+                return self._torch_step(None)
+            params = [p for p in group["params"] if p.grad is not None]
+            states = [self.state[p] for p in params]
+            if not all(states):  # torch's step creates the state
+                return self._torch_step(None)
+            calls.append((group, params, states))
+        for group, params, states in calls:
+            if params:
+                steps = [state["step"] for state in states]
+                torch._foreach_add_(steps, 1)
+                beta1, beta2 = group["betas"]
+                torch._fused_adam_(params, [p.grad for p in params], [state["exp_avg"] for state in states],
+                                   [state["exp_avg_sq"] for state in states], [], steps, lr=group["lr"],
+                                   beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                                   eps=group["eps"], amsgrad=False, maximize=False, grad_scale=None,
+                                   found_inf=None)
+        return None
+
+    def _torch_step(self, closure):
+        torch_step = torch.optim.Adam.step
+        if getattr(torch_step, "hooked", False):  # torch's profiler and hook wrapper: this class's step has one
+            torch_step = torch_step.__wrapped__
+        return torch_step(self, closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            return super().zero_grad(set_to_none=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        return None
+
+
+def make_adam(params, lr: float, **kwargs) -> FusedAdam:
+    """Adam with the fused kernel (on a CPU it steps a 70k-parameter MLP ~3× faster than the default loop) and
+    little Python around it (`FusedAdam`)."""
+    return FusedAdam(params, lr=lr, **kwargs)
