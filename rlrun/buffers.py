@@ -40,6 +40,19 @@ class ReplayBuffer:
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.pos = 0
         self.size = 0
+        self._find_host_views()
+
+    def _find_host_views(self) -> None:
+        """On a CPU, numpy views of the storage: `add` writes a transition through them with one numpy copy per
+        field instead of a tensor conversion and an indexed torch copy (~70 → ~10 µs per env step)."""
+        self.host = {name: getattr(self, name).numpy() for name in FIELDS} if self.device.type == "cpu" else None
+
+    def __getstate__(self) -> dict:  # a copy must view its own tensors, not the original's
+        return {**self.__dict__, "host": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._find_host_views()
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray) -> None:
@@ -48,11 +61,15 @@ class ReplayBuffer:
         idx = (self.pos + np.arange(n)) % self.capacity
         if n == 1:  # the common single-env case: plain slice assignment is cheapest
             idx = slice(self.pos, self.pos + 1)
-        self.obs[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
-        self.actions[idx] = torch.as_tensor(actions, device=self.device).to(self.actions.dtype)
-        self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
-        self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.float32, device=self.device)
+        if self.host is not None:  # numpy converts each field to the storage's dtype as it copies
+            for name, values in zip(FIELDS, (obs, next_obs, actions, rewards, terminated)):
+                self.host[name][idx] = values
+        else:
+            self.obs[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+            self.actions[idx] = torch.as_tensor(actions, device=self.device).to(self.actions.dtype)
+            self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+            self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.float32, device=self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
