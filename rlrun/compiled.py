@@ -19,7 +19,7 @@ import torch._dynamo.exc
 import torch._inductor.exc
 
 # The exceptions torch raises when a backend cannot compile. InductorError is newer than the oldest torch rlrun
-# allows (2.3); on a release without one, its failures surface as they are, unrenamed.
+# allows (2.4, the first with a fused CPU Adam); on a release without one, its failures surface as they are, unrenamed.
 COMPILE_FAILURES: tuple[type[BaseException], ...] = tuple(
     error for error in (getattr(torch._dynamo.exc, "BackendCompilerFailed", None),
                         getattr(torch._inductor.exc, "InductorError", None)) if error is not None)

@@ -65,9 +65,34 @@ def test_fused_adam_state_dict_round_trips_with_torch_adam():
     train_steps(ours_net, ours, batches)
     train_steps(torch_net, reference, batches)
     assert all(torch.equal(p, q) for p, q in zip(ours_net.parameters(), torch_net.parameters()))
-    resumed = FusedAdam(torch_net.parameters(), lr=1e-3)
+    resumed_net = copy.deepcopy(torch_net)
+    resumed = FusedAdam(resumed_net.parameters(), lr=1e-3)
     resumed.load_state_dict(copy.deepcopy(reference.state_dict()))
     assert resumed.state_dict()["state"][0]["step"] == ours.state_dict()["state"][0]["step"] == 7
+    # Loaded state takes the fast path from the first step on, and steps as torch's Adam does.
+    torch_steps = []
+    resumed._torch_step = lambda closure: torch_steps.append(FusedAdam._torch_step(resumed, closure))
+    batches = [torch.randn(16, 8) for _ in range(3)]
+    train_steps(resumed_net, resumed, batches)
+    train_steps(torch_net, reference, batches)
+    assert not torch_steps
+    assert all(torch.equal(p, q) for p, q in zip(resumed_net.parameters(), torch_net.parameters()))
+
+
+def test_fused_adam_with_parameter_groups_of_their_own_learning_rates():
+    """Transfer learning's layer-wise learning rates are parameter groups (rlrun/transfer.py)."""
+    ours_net, torch_net = two_nets(3)
+
+    def groups(net):
+        return [{"params": net[0].parameters(), "lr": 1e-4}, {"params": net[2].parameters()},
+                {"params": net[4].parameters(), "lr": 3e-3, "eps": 1e-5}]
+
+    ours = FusedAdam(groups(ours_net), lr=1e-3)
+    reference = torch.optim.Adam(groups(torch_net), lr=1e-3, fused=True)
+    batches = [torch.randn(32, 8) for _ in range(6)]
+    train_steps(ours_net, ours, batches)
+    train_steps(torch_net, reference, batches)
+    assert all(torch.equal(p, q) for p, q in zip(ours_net.parameters(), torch_net.parameters()))
 
 
 def test_fused_adam_keeps_torch_step_hooks_and_zero_grad_modes():
