@@ -40,19 +40,6 @@ class ReplayBuffer:
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.pos = 0
         self.size = 0
-        self._find_host_views()
-
-    def _find_host_views(self) -> None:
-        """On a CPU, numpy views of the storage: `add` writes a transition through them with one numpy copy per
-        field instead of a tensor conversion and an indexed torch copy (~70 → ~21 µs per env step, cold caches)."""
-        self.host = {name: getattr(self, name).numpy() for name in FIELDS} if self.device.type == "cpu" else None
-
-    def __getstate__(self) -> dict:  # a copy must view its own tensors, not the original's
-        return {**self.__dict__, "host": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._find_host_views()
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray) -> None:
@@ -61,9 +48,11 @@ class ReplayBuffer:
         idx = (self.pos + np.arange(n)) % self.capacity
         if n == 1:  # the common single-env case: plain slice assignment is cheapest
             idx = slice(self.pos, self.pos + 1)
-        if self.host is not None:  # numpy converts each field to the storage's dtype as it copies
+        if self.device.type == "cpu":
+            # Through numpy views of the storage, which convert to its dtypes as they copy: one copy per field
+            # instead of a tensor conversion and an indexed torch copy (~70 → ~22 µs per env step, cold caches).
             for name, values in zip(FIELDS, (obs, next_obs, actions, rewards, terminated)):
-                self.host[name][idx] = values
+                getattr(self, name).numpy()[idx] = values
         else:
             self.obs[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
             self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)

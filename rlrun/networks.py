@@ -177,42 +177,32 @@ class FusedAdam(torch.optim.Adam):
     learning rate, a group loaded as non-fused, amsgrad, maximize, AdamW's decoupled weight decay, capturable
     (CUDA-graph capture), or parameters off the CPU. The fast path opens no profiler label: in a torch.profiler
     trace its time shows as `_foreach_add_` and `_fused_adam_`.
-    Checkpoints hold torch's Adam state dict. At rl-zoo's settings on the 2-core CPU: DQN +13% and PPO +12% env
-    steps/s (medians of 3 processes each, alternated), TD3 and SAC unchanged (bench/results.md, session 23).
+    Checkpoints hold torch's Adam state dict. At rl-zoo's settings on the 2-core CPU, PPO (whose only change it
+    is) ran 10.5-12.5% more env steps/s in two side-by-side runs (medians of 3 processes each, alternated); TD3
+    and SAC within noise (bench/results.md, session 23).
     """
 
     _torch_step = _torch_adam_step()
 
     def __init__(self, params, lr: float, **kwargs):
         super().__init__(params, lr=lr, fused=True, **kwargs)
-        self._find_device()
-
-    def __setstate__(self, state: dict) -> None:  # copy.deepcopy and pickle keep torch's attributes only
-        super().__setstate__(state)
-        self._find_device()
-
-    def add_param_group(self, param_group: dict) -> None:  # transfer learning regroups after construction
-        super().add_param_group(param_group)
-        self._find_device()
-
-    def _find_device(self) -> None:
-        self.on_cpu = all(p.device.type == "cpu" for group in self.param_groups for p in group["params"])
 
     @torch.no_grad()
     def step(self, closure=None):
-        if (closure is not None or not self.on_cpu or getattr(self, "grad_scale", None) is not None
+        if (closure is not None or getattr(self, "grad_scale", None) is not None
                 or getattr(self, "found_inf", None) is not None or self._optimizer_step_pre_hooks
                 or self._optimizer_step_post_hooks or optimizer_module._global_optimizer_pre_hooks
                 or optimizer_module._global_optimizer_post_hooks):
             return self._torch_step(closure)
         calls = []
         for group in self.param_groups:
-            if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
-                    or group.get("decoupled_weight_decay") or isinstance(group["lr"], torch.Tensor)):
+            if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
+                    or group["differentiable"] or group.get("decoupled_weight_decay")
+                    or isinstance(group["lr"], torch.Tensor)):
                 return self._torch_step(None)
             params = [p for p in group["params"] if p.grad is not None]
             states = [self.state[p] for p in params]
-            if not all(states):  # torch's step creates the state
+            if not all(p.is_cpu for p in params) or not all(states):  # torch's step creates the state
                 return self._torch_step(None)
             calls.append((group, params, states))
         for group, params, states in calls:
@@ -228,16 +218,16 @@ class FusedAdam(torch.optim.Adam):
         return None
 
     # Torch wraps each optimizer class's `step` in its profiler-label and hook wrapper unless the method says it
-    # has one; this one hands over to the wrapped torch step whenever a hook is registered (12-48 µs a step saved).
+    # has one; this one hands over to the wrapped torch step whenever a hook is registered (12-40 µs a step saved, measured).
     step.hooked = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:
-            return super().zero_grad(set_to_none=False)
+            super().zero_grad(set_to_none=False)
+            return
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = None
-        return None
 
 
 def make_adam(params, lr: float, **kwargs) -> FusedAdam:

@@ -40,7 +40,7 @@ def read_evaluations(run_dir: Path) -> list[dict[str, float]]:
 @pytest.fixture(autouse=True)
 def subnormals_kept_between_tests():
     """A Run built in a test process flushes subnormal floats (`flush_denormals`, a thread flag): put the flag
-    back as a process starts, so that no test's numbers depend on which tests ran before it."""
+    back to what a process starts with, so that no test's numbers depend on which tests ran before it."""
     yield
     torch.set_flush_denormal(False)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlrun.buffers import ReplayBuffer
+from rlrun.buffers import FIELDS, ReplayBuffer
 
 
 def make(capacity=5):
@@ -97,27 +97,28 @@ def test_load_into_another_capacity_keeps_the_newest(old_capacity, added, new_ca
 
 
 @pytest.mark.parametrize("action_shape,action_dtype", [((), torch.int64), ((2,), torch.float32)])
-def test_cpu_numpy_writes_equal_the_torch_writes(action_shape, action_dtype):
-    """On a CPU `add` writes through numpy views of the tensors; what lands must equal the torch path's (used on
-    other devices): the same dtype conversions (float64 in, float32 stored; bool terminated; int actions),
-    single and vectorised adds, wrap-around."""
+def test_cpu_numpy_writes_equal_torch_conversions(action_shape, action_dtype):
+    """On a CPU `add` writes through numpy views of the tensors; what lands must equal torch's conversions (which
+    the other devices' path uses): float64 in, float32 stored; bool terminated; int or float actions; single and
+    vectorised adds across the wrap-around."""
     rng = np.random.default_rng(0)
-    fast = ReplayBuffer(7, (3,), action_shape, action_dtype, torch.device("cpu"))
-    plain = ReplayBuffer(7, (3,), action_shape, action_dtype, torch.device("cpu"))
-    plain.host = None  # the device path
-    assert fast.host is not None
-    for n in (1, 3, 1, 4, 2, 1):  # 12 transitions through 7 slots, vectorised adds across the wrap
+    buffer = ReplayBuffer(7, (3,), action_shape, action_dtype, torch.device("cpu"))
+    expected = {name: torch.zeros_like(getattr(buffer, name)) for name in FIELDS}
+    pos = 0
+    for n in (1, 3, 1, 4, 2, 1):  # 12 transitions through 7 slots
         obs, next_obs = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))  # float64, as some envs give
         actions = (rng.integers(0, 4, n) if action_dtype == torch.int64
                    else rng.uniform(-1, 1, (n, *action_shape)).astype(np.float32))
         rewards, terminated = rng.normal(size=n), rng.random(n) < 0.3
-        for buffer in (fast, plain):
-            buffer.add(obs, actions, rewards, next_obs, terminated)
-    assert (fast.pos, fast.size) == (plain.pos, plain.size) == (5, 7)
-    for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
-        ours, theirs = getattr(fast, name), getattr(plain, name)
-        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), name
-    assert fast.terminated.sum() > 0
+        buffer.add(obs, actions, rewards, next_obs, terminated)
+        rows = (pos + np.arange(n)) % 7
+        for name, values in zip(FIELDS, (obs, next_obs, actions, rewards, terminated)):
+            expected[name][rows] = torch.as_tensor(values).to(expected[name].dtype)
+        pos = (pos + n) % 7
+    assert (buffer.pos, buffer.size) == (5, 7)
+    for name in FIELDS:
+        assert torch.equal(getattr(buffer, name), expected[name]), name
+    assert buffer.terminated.sum() > 0
 
 
 def test_a_copied_buffer_writes_its_own_storage():

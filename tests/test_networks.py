@@ -134,10 +134,18 @@ def test_fused_adam_falls_back_to_torch_for_what_the_fast_path_does_not_do():
     assert torch.isfinite(ours.step(closure))
 
 
-def test_fused_adam_survives_deepcopy_and_pickle():
+def test_fused_adam_copies_step_like_the_original():
+    """A deep-copied or pickled agent carries its optimizer along (tests copy agents): the copy keeps stepping its
+    own parameters exactly as the original steps its."""
     import pickle
 
     net, _ = two_nets()
     optimizer = FusedAdam(net.parameters(), lr=1e-3)
-    for copied in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
-        assert isinstance(copied, FusedAdam) and copied.on_cpu
+    train_steps(net, optimizer, [torch.randn(8, 8) for _ in range(2)])
+    batches = [torch.randn(8, 8) for _ in range(3)]
+    copies = [copy.deepcopy((net, optimizer)), pickle.loads(pickle.dumps((net, optimizer)))]
+    train_steps(net, optimizer, batches)
+    for copied_net, copied_optimizer in copies:
+        assert isinstance(copied_optimizer, FusedAdam)
+        train_steps(copied_net, copied_optimizer, batches)
+        assert all(torch.equal(p, q) for p, q in zip(copied_net.parameters(), net.parameters()))
