@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -102,9 +102,16 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    total, coefficient = norm_and_clip_coefficient(grads, max_norm)
+    torch._foreach_mul_(grads, coefficient)
     return total
+
+
+def norm_and_clip_coefficient(grads: list[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global L2 norm of `grads` (per tensor, then over the norms) and torch.nn.utils.clip_grad_norm_'s
+    scale for them: max_norm / (norm + 1e-6), capped at 1."""
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return total, (max_norm / (total + 1e-6)).clamp(max=1.0)
 
 
 def has_native_bf16(device: torch.device) -> bool:
@@ -164,62 +171,173 @@ def _torch_adam_step() -> Any:
     return torch.optim.Optimizer.profile_hook_step(step)
 
 
-class FusedAdam(torch.optim.Adam):
-    """`torch.optim.Adam(fused=True)` whose `step` and `zero_grad` skip torch's per-call bookkeeping on a CPU.
+class _Flat(NamedTuple):
+    """One parameter group laid out in contiguous storage: its parameters, gradients and Adam moments are views
+    of four flat tensors, and the per-parameter step counts are elements of one."""
 
-    The fused kernel itself is fast; what costs on the small networks RL trains is the Python around it: each
-    `step` regroups the parameters by device and dtype, re-checks their state, and goes through a wrapper that
-    opens a profiler label and looks for step hooks. `step` here calls the same `torch._fused_adam_` kernel with
-    the same arguments as torch's fused path (one `_foreach_add_` for the step counts, then the kernel), so the
-    result is bit-identical (tests/test_networks.py); `zero_grad` sets the gradients to None in a plain loop.
-    Torch's own step (wrapper included) still runs where it has work the fast path does not do: a registered
-    step hook, a parameter without state yet (the first step), a closure, a GradScaler's scale, a tensor
+    params: list[torch.Tensor]
+    ptrs: list[int]
+    """Each parameter's data pointer when laid out: a parameter re-pointed since (`p.data = ...`) is noticed."""
+    param: torch.Tensor
+    grad: torch.Tensor
+    grad_views: list[torch.Tensor]
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    steps: torch.Tensor
+
+
+class FusedAdam(torch.optim.Adam):
+    """`torch.optim.Adam(fused=True)` with optional global-norm gradient clipping, made cheap on a CPU.
+
+    The fused kernel itself is fast; what costs on the small networks RL trains is the work around it, per call
+    and per tensor: torch's `step` regroups the parameters by device and dtype, re-checks their state, and goes
+    through a wrapper that opens a profiler label and looks for step hooks; clipping and the kernel then loop
+    over every tensor. Here, on a CPU:
+
+    - Each parameter group whose parameters all have gradients and equal step counts is laid out in flat
+      storage (`_Flat`, once; the parameters' `.data` and the Adam state become views of it). A step then
+      copies the gradients into the flat gradient in one `cat` (`.grad` becomes a view of it), scales it by the
+      clip coefficient in one multiply, and calls `torch._fused_adam_` once on four tensors. Adam is
+      elementwise: the same arithmetic as torch's fused path, except that the kernel's scalar tail (elements
+      past a multiple of its vector width) falls on other elements, so weights can differ from torch's in the
+      last bits. Per DQN gradient step (rl-zoo's [256, 256]) this saved 53 µs, per PPO minibatch ([64, 64]
+      actor and critic) 73 µs, against the per-tensor fast path below (tight loop, medians).
+    - A group that cannot be laid out flat (a parameter without a gradient this step, or step counts that
+      differ) takes a per-tensor fast path: the same `torch._fused_adam_` call as torch's fused path, bit-identical
+      to it.
+    - `zero_grad` sets the gradients to None in a plain loop.
+
+    `max_grad_norm` > 0 clips before the update as `torch.nn.utils.clip_grad_norm_` does (coefficient
+    max_norm / (norm + 1e-6), capped at 1, over all the optimizer's gradients; the norm is computed per tensor,
+    then over the norms, as torch does).
+
+    Torch's own step (wrapper included, clipping first) still runs where it has work the fast paths do not do:
+    a registered step hook, a parameter without state yet (the first step), a GradScaler's scale, a tensor
     learning rate, a group loaded as non-fused, amsgrad, maximize, AdamW's decoupled weight decay, capturable
-    (CUDA-graph capture), or parameters off the CPU. The fast path opens no profiler label: in a torch.profiler
-    trace its time shows as `_foreach_add_` and `_fused_adam_`.
-    Checkpoints hold torch's Adam state dict. At rl-zoo's settings on the 2-core CPU, PPO (whose only change it
-    is) ran 10.5-12.5% more env steps/s in two side-by-side runs (medians of 3 processes each, alternated); TD3
-    and SAC within noise (bench/results.md, session 23).
+    (CUDA-graph capture), or parameters off the CPU; a closure is refused with clipping and goes to torch's step
+    without it. The fast paths open no profiler label: in a torch.profiler trace their time shows as `cat`,
+    `_foreach_norm`, `mul_`, `add_` and `_fused_adam_`.
+
+    Checkpoints hold torch's Adam state dict (views of the flat storage save as ordinary tensors), so a run
+    resumes on torch's Adam or this one; loading state lays the group out anew at the next step.
     """
 
     _torch_step = _torch_adam_step()
 
-    def __init__(self, params, lr: float, **kwargs):
+    def __init__(self, params, lr: float, max_grad_norm: float = 0.0, **kwargs):
         super().__init__(params, lr=lr, fused=True, **kwargs)
+        if max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {max_grad_norm}")
+        self.defaults["max_grad_norm"] = max_grad_norm  # defaults: kept by copies and pickles
+        self._flat: dict[int, _Flat] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._flat = {}  # a copy's parameters are its own: it lays them out at its next step
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._flat.clear()  # the state tensors are the loaded ones now
 
     @torch.no_grad()
     def step(self, closure=None):
+        max_norm = self.defaults["max_grad_norm"]
+        if closure is not None and max_norm > 0:
+            raise ValueError("FusedAdam clips the gradients before its step; it cannot take a closure that "
+                             "computes them inside the step")
         if (closure is not None or getattr(self, "grad_scale", None) is not None
                 or getattr(self, "found_inf", None) is not None or self._optimizer_step_pre_hooks
                 or self._optimizer_step_post_hooks or optimizer_module._global_optimizer_pre_hooks
                 or optimizer_module._global_optimizer_post_hooks):
-            return self._torch_step(closure)
+            return self._fallback(closure)
         calls = []
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
                     or group["differentiable"] or group.get("decoupled_weight_decay")
                     or isinstance(group["lr"], torch.Tensor)):
-                return self._torch_step(None)
+                return self._fallback(None)
             params = [p for p in group["params"] if p.grad is not None]
             states = [self.state[p] for p in params]
             if not all(p.is_cpu for p in params) or not all(states):  # torch's step creates the state
-                return self._torch_step(None)
-            calls.append((group, params, states))
-        for group, params, states in calls:
-            if params:
+                return self._fallback(None)
+            calls.append((index, group, params, states))
+        grads = [p.grad for _, _, params, _ in calls for p in params]
+        coef = norm_and_clip_coefficient(grads, max_norm)[1] if max_norm > 0 and grads else None
+        for index, group, params, states in calls:
+            if not params:
+                continue
+            flat = self._flat_group(index, group, params, states)
+            beta1, beta2 = group["betas"]
+            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                         eps=group["eps"], amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
+            if flat is None:  # per tensor, as torch's fused path
+                group_grads = [p.grad for p in params]
+                if coef is not None:
+                    torch._foreach_mul_(group_grads, coef)
                 steps = [state["step"] for state in states]
                 torch._foreach_add_(steps, 1)
-                beta1, beta2 = group["betas"]
-                torch._fused_adam_(params, [p.grad for p in params], [state["exp_avg"] for state in states],
-                                   [state["exp_avg_sq"] for state in states], [], steps, lr=group["lr"],
-                                   beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                                   eps=group["eps"], amsgrad=False, maximize=False, grad_scale=None,
-                                   found_inf=None)
+                torch._fused_adam_(params, group_grads, [state["exp_avg"] for state in states],
+                                   [state["exp_avg_sq"] for state in states], [], steps, **hyper)
+                continue
+            if not all(p.grad is view for p, view in zip(params, flat.grad_views)):
+                torch.cat([p.grad.reshape(-1) for p in params], out=flat.grad)
+                for p, view in zip(params, flat.grad_views):
+                    p.grad = view
+            if coef is not None:
+                flat.grad.mul_(coef)
+            flat.steps.add_(1)
+            torch._fused_adam_([flat.param], [flat.grad], [flat.exp_avg], [flat.exp_avg_sq], [],
+                               [flat.steps[0]], **hyper)
         return None
 
     # Torch wraps each optimizer class's `step` in its profiler-label and hook wrapper unless the method says it
     # has one; this one hands over to the wrapped torch step whenever a hook is registered (12-40 µs a step saved, measured).
     step.hooked = True
+
+    def _fallback(self, closure):
+        """Clip, then torch's own step. Its per-tensor updates may leave a flat group's step counts unequal:
+        the group is laid out anew (after a check) when it next takes the flat path."""
+        self._flat.clear()
+        max_norm = self.defaults["max_grad_norm"]
+        if max_norm > 0:
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, norm_and_clip_coefficient(grads, max_norm)[1])
+        return self._torch_step(closure)
+
+    def _flat_group(self, index: int, group: dict[str, Any], params: list[torch.Tensor],
+                    states: list[dict[str, Any]]) -> _Flat | None:
+        """Group `index` laid out flat: as it was, laid out now, or None where it cannot be (then per tensor)."""
+        flat = self._flat.get(index)
+        if (flat is not None and len(flat.params) == len(params)
+                and all(p is q and p.data_ptr() == ptr for p, q, ptr in zip(params, flat.params, flat.ptrs))):
+            return flat
+        self._flat.pop(index, None)
+        if len(params) != len(group["params"]):  # a parameter without a gradient this step
+            return None
+        dtype = params[0].dtype
+        if any(p.dtype != dtype or p.grad.dtype != dtype or state["exp_avg"].dtype != dtype
+               or state["exp_avg_sq"].dtype != dtype for p, state in zip(params, states)):
+            return None
+        steps = torch.stack([state["step"].reshape(()) for state in states])
+        if steps.dtype != torch.float32 or not bool((steps == steps[0]).all()):
+            return None
+        sizes = [p.numel() for p in params]
+        total = sum(sizes)
+        flat_param, flat_grad, flat_avg, flat_avg_sq = (torch.empty(total, dtype=dtype) for _ in range(4))
+        views = [[view.view_as(p) for p, view in zip(params, storage.split(sizes))]
+                 for storage in (flat_param, flat_grad, flat_avg, flat_avg_sq)]
+        for k, (p, state) in enumerate(zip(params, states)):
+            views[0][k].copy_(p)
+            p.data = views[0][k]
+            for key, moments in (("exp_avg", views[2]), ("exp_avg_sq", views[3])):
+                moments[k].copy_(state[key])
+                state[key] = moments[k]
+            state["step"] = steps[k]
+        flat = _Flat(params, [p.data_ptr() for p in params], flat_param, flat_grad, views[1], flat_avg,
+                     flat_avg_sq, steps)
+        self._flat[index] = flat
+        return flat
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:
@@ -230,7 +348,8 @@ class FusedAdam(torch.optim.Adam):
                 p.grad = None
 
 
-def make_adam(params, lr: float, **kwargs) -> FusedAdam:
-    """Adam with the fused kernel (on a CPU it steps a 70k-parameter MLP ~3× faster than the default loop) and
-    little Python around it (`FusedAdam`)."""
-    return FusedAdam(params, lr=lr, **kwargs)
+def make_adam(params, lr: float, max_grad_norm: float = 0.0, **kwargs) -> FusedAdam:
+    """Adam with the fused kernel (on a CPU it steps a 70k-parameter MLP ~3× faster than the default loop),
+    little Python around it, and gradient clipping to global norm `max_grad_norm` (0 = none) in its step
+    (`FusedAdam`)."""
+    return FusedAdam(params, lr=lr, max_grad_norm=max_grad_norm, **kwargs)

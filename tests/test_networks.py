@@ -1,4 +1,8 @@
-"""FusedAdam (rlrun/networks.py): torch's fused Adam with less Python around it must give the same numbers."""
+"""FusedAdam (rlrun/networks.py): torch's fused Adam with less work around it must give the same numbers.
+
+Its per-tensor path is bit-identical to torch's fused Adam. Its flat path (a group laid out in one storage) runs
+the same elementwise kernel over other tensor boundaries: bit-identical for the small nets below, whose tensor
+sizes are multiples of the kernel's vector width but the last, and equal to rounding otherwise (`odd_nets`)."""
 
 from __future__ import annotations
 
@@ -17,14 +21,43 @@ def two_nets(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     return net, copy.deepcopy(net)
 
 
+def odd_nets(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Tensor sizes that are not multiples of a vector width: the flat path's kernel tails fall elsewhere."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 30), nn.Tanh(), nn.Linear(30, 7), nn.Tanh(), nn.Linear(7, 3))
+    return net, copy.deepcopy(net)
+
+
 def train_steps(net: nn.Module, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor],
-                frozen: str | None = None) -> None:
+                frozen: str | None = None, max_grad_norm: float = 0.0, set_to_none: bool = True) -> None:
+    """`max_grad_norm` clips with torch's clip_grad_norm_ unless `optimizer` is a FusedAdam (which clips itself)."""
     for k, x in enumerate(batches):
-        optimizer.zero_grad(set_to_none=True)
-        net(x).square().mean().backward()
+        optimizer.zero_grad(set_to_none=set_to_none)
+        net(x).square().mean().mul(100.0).backward()
         if frozen is not None and k % 2:  # a parameter without a gradient on some steps: both must skip it
             net.get_parameter(frozen).grad = None
+        if max_grad_norm > 0 and not isinstance(optimizer, FusedAdam):
+            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.grad is not None], max_grad_norm)
         optimizer.step()
+
+
+def assert_same_weights(net: nn.Module, other: nn.Module, exact: bool = True) -> None:
+    for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
+        if exact:
+            assert torch.equal(p, q), name
+        else:
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def is_flat(optimizer: FusedAdam, net: nn.Module) -> bool:
+    """Every parameter and moment of `net` a view of the optimizer's flat storage of group 0."""
+    flat = optimizer._flat.get(0)
+    if flat is None:
+        return False
+    storages = {flat.param.untyped_storage().data_ptr()}
+    moments = {flat.exp_avg.untyped_storage().data_ptr()}
+    return (all(p.untyped_storage().data_ptr() in storages for p in net.parameters())
+            and all(optimizer.state[p]["exp_avg"].untyped_storage().data_ptr() in moments for p in net.parameters()))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"eps": 1e-5, "betas": (0.5, 0.9)}, {"weight_decay": 0.01}])
@@ -149,3 +182,102 @@ def test_fused_adam_copies_step_like_the_original():
         assert isinstance(copied_optimizer, FusedAdam)
         train_steps(copied_net, copied_optimizer, batches)
         assert all(torch.equal(p, q) for p, q in zip(copied_net.parameters(), net.parameters()))
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_fused_adam_flat_layout_with_clipping_matches_torch(set_to_none):
+    """Odd tensor sizes, clipping active on every step, both zero_grad modes (with set_to_none=False backward
+    accumulates into the flat gradient's views themselves)."""
+    ours_net, torch_net = odd_nets()
+    ours = FusedAdam(ours_net.parameters(), lr=1e-2, max_grad_norm=0.5)
+    reference = torch.optim.Adam(torch_net.parameters(), lr=1e-2, fused=True)
+    batches = [torch.randn(16, 5) for _ in range(25)]
+    ours_net(batches[0]).square().mean().mul(100.0).backward()
+    assert torch.nn.utils.get_total_norm([p.grad for p in ours_net.parameters()]) > 5.0  # clipping at 0.5 acts
+    train_steps(ours_net, ours, batches, max_grad_norm=0.5, set_to_none=set_to_none)
+    train_steps(torch_net, reference, batches, max_grad_norm=0.5, set_to_none=set_to_none)
+    assert is_flat(ours, ours_net)
+    assert_same_weights(ours_net, torch_net, exact=False)
+    for p, q in zip(ours_net.parameters(), torch_net.parameters()):
+        assert ours.state[p]["step"] == reference.state[q]["step"] == 25
+        torch.testing.assert_close(ours.state[p]["exp_avg_sq"], reference.state[q]["exp_avg_sq"])
+        torch.testing.assert_close(p.grad, q.grad)  # the clipped gradient, as clip_grad_norm_ leaves it
+    # Without the flat layout's effect on the kernel's tails, the same run is bit-identical: the two-net sizes.
+    ours_net, torch_net = two_nets()
+    ours = FusedAdam(ours_net.parameters(), lr=1e-2, max_grad_norm=0.5)
+    reference = torch.optim.Adam(torch_net.parameters(), lr=1e-2, fused=True)
+    batches = [torch.randn(16, 8) for _ in range(10)]
+    train_steps(ours_net, ours, batches, max_grad_norm=0.5, set_to_none=set_to_none)
+    train_steps(torch_net, reference, batches, max_grad_norm=0.5, set_to_none=set_to_none)
+    assert is_flat(ours, ours_net)
+    assert_same_weights(ours_net, torch_net)
+
+
+def test_fused_adam_flat_layout_resumes_exactly_from_a_checkpoint():
+    """Exact resume: a run checkpointed (torch.save, loaded weights_only) mid-training continues bit for bit as the
+    uninterrupted one, and the checkpoint loads into torch's own Adam too."""
+    import io
+
+    net, _ = odd_nets(4)
+    optimizer = FusedAdam(net.parameters(), lr=1e-3, max_grad_norm=1.0)
+    train_steps(net, optimizer, [torch.randn(8, 5) for _ in range(5)])
+    assert is_flat(optimizer, net)
+    buffer = io.BytesIO()
+    torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_net, plain_net = odd_nets(99)
+    resumed_net.load_state_dict(saved["net"])
+    resumed = FusedAdam(resumed_net.parameters(), lr=1e-3, max_grad_norm=1.0)
+    resumed.load_state_dict(saved["optimizer"])
+    plain_net.load_state_dict(saved["net"])
+    plain = torch.optim.Adam(plain_net.parameters(), lr=1e-3)
+    plain.load_state_dict(saved["optimizer"])
+    batches = [torch.randn(8, 5) for _ in range(5)]
+    train_steps(net, optimizer, batches)
+    train_steps(resumed_net, resumed, batches)
+    train_steps(plain_net, plain, batches, max_grad_norm=1.0)
+    assert is_flat(resumed, resumed_net)
+    assert_same_weights(resumed_net, net)
+    assert_same_weights(plain_net, net, exact=False)
+    assert all(plain.state[p]["step"] == 10 for p in plain_net.parameters())
+
+
+def test_fused_adam_flat_layout_leaves_and_rejoins_the_per_tensor_paths():
+    """A flat group through what it cannot do flat: a parameter re-pointed from outside (`p.data = ...`), a
+    parameter without a gradient on one step (unequal step counts: per tensor from then on), a step hook
+    (torch's step, which must count each parameter's step once)."""
+    ours_net, torch_net = odd_nets(5)
+    ours = FusedAdam(ours_net.parameters(), lr=1e-3, max_grad_norm=0.5)
+    reference = torch.optim.Adam(torch_net.parameters(), lr=1e-3, fused=True)
+
+    def both(batches, **kwargs):
+        train_steps(ours_net, ours, batches, max_grad_norm=0.5, **kwargs)
+        train_steps(torch_net, reference, batches, max_grad_norm=0.5, **kwargs)
+        assert_same_weights(ours_net, torch_net, exact=False)
+
+    both([torch.randn(8, 5) for _ in range(3)])
+    assert is_flat(ours, ours_net)
+    for net in (ours_net, torch_net):
+        net[2].weight.data = torch.full_like(net[2].weight, 0.1)  # a new tensor, outside the flat storage
+    both([torch.randn(8, 5) for _ in range(3)])
+    assert is_flat(ours, ours_net)  # laid out anew, from the re-pointed values
+    handles = [optimizer.register_step_post_hook(lambda *_: None) for optimizer in (ours, reference)]
+    both([torch.randn(8, 5) for _ in range(2)])
+    assert all(ours.state[p]["step"] == 8 for p in ours_net.parameters())
+    for handle in handles:
+        handle.remove()
+    both([torch.randn(8, 5) for _ in range(2)])
+    assert is_flat(ours, ours_net)
+    both([torch.randn(8, 5) for _ in range(4)], frozen="4.bias")  # no gradient on the 2nd and 4th of these
+    assert not is_flat(ours, ours_net)
+    assert ours.state[ours_net[4].bias]["step"] == 12 and ours.state[ours_net[0].weight]["step"] == 14
+
+
+def test_fused_adam_rejects_a_negative_clip_and_a_closure_with_clipping():
+    net, _ = two_nets()
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        FusedAdam(net.parameters(), lr=1e-3, max_grad_norm=-1.0)
+    optimizer = FusedAdam(net.parameters(), lr=1e-3, max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="closure"):
+        optimizer.step(lambda: net(torch.randn(2, 8)).sum())

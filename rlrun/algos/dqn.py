@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlrun.algos.protocol import AgentContext
 from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.envs import EnvRunner
-from rlrun.networks import MLP, action_dim, bf16_autocast, clip_grad_norm, make_adam, obs_dim, polyak_update
+from rlrun.networks import MLP, action_dim, bf16_autocast, make_adam, obs_dim, polyak_update
 
 
 class TDLoss(str, Enum):
@@ -105,7 +105,7 @@ class DQNAgent:
         self.q = MLP(obs_dim(ctx.observation_space), action_dim(ctx.action_space), ctx.network).to(ctx.device)
         self.q_target = copy.deepcopy(self.q)
         self.q_target.requires_grad_(False)
-        self.optimizer = make_adam(self.q.parameters(), cfg.learning_rate)
+        self.optimizer = make_adam(self.q.parameters(), cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (), torch.int64, ctx.device)
         self.rng = ctx.agent_rng()
         self.num_actions = action_dim(ctx.action_space)
@@ -183,9 +183,7 @@ class DQNAgent:
                 loss = F.mse_loss(q_taken, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.max_grad_norm > 0:
-                clip_grad_norm(self.q.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            self.optimizer.step()  # clips to max_grad_norm first
             self.n_updates += 1
         return {"losses/td_loss": loss.detach(), "losses/q_values": q_taken.detach().mean()}
 

@@ -20,7 +20,7 @@ import torch
 from rlrun.algos.protocol import AgentContext
 from rlrun.compiled import compiled
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm, make_adam
+from rlrun.networks import make_adam
 from rlrun.onpolicy import (
     OnPolicyCheckpoint,
     PolicyParts,
@@ -125,7 +125,7 @@ class PPOAgent(OnPolicyCheckpoint):
                                  cfg.normalize_reward, cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
-        self.optimizer = make_adam(self.params, cfg.learning_rate, eps=cfg.adam_eps)
+        self.optimizer = make_adam(self.params, cfg.learning_rate, max_grad_norm=cfg.max_grad_norm, eps=cfg.adam_eps)
         self.n_updates = 0
         self.loss_fn = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
 
@@ -176,9 +176,7 @@ class PPOAgent(OnPolicyCheckpoint):
                     approx_kl, clip_fraction = kl, clipped
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.max_grad_norm > 0:
-                    clip_grad_norm(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimizer.step()  # clips to max_grad_norm first
                 self.n_updates += 1
             if cfg.target_kl is not None and approx_kl > cfg.target_kl:
                 break

@@ -24,7 +24,7 @@ import torch
 from rlrun.algos.protocol import AgentContext
 from rlrun.algos.vpg import policy_gradient_loss
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm, make_adam
+from rlrun.networks import make_adam
 from rlrun.onpolicy import (
     OnPolicyCheckpoint,
     PolicyParts,
@@ -80,7 +80,7 @@ class REINFORCEAgent(OnPolicyCheckpoint):
         self.parts = PolicyParts(ctx, cfg.num_steps, cfg.gamma, cfg.baseline, cfg.normalize_obs, False,
                                  cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
-        self.optimizer = make_adam(self.actor.parameters(), cfg.learning_rate)
+        self.optimizer = make_adam(self.actor.parameters(), cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
         self.vf_optimizer = (make_adam(self.critic.parameters(), cfg.vf_learning_rate)
                              if self.critic is not None else None)
         self.n_updates = 0
@@ -108,9 +108,7 @@ class REINFORCEAgent(OnPolicyCheckpoint):
         entropy = (dist.entropy() * mask).sum() / mask.sum().clamp(min=1.0)
         self.optimizer.zero_grad(set_to_none=True)
         (policy_loss - cfg.ent_coef * entropy).backward()
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm(self.actor.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.optimizer.step()  # clips to max_grad_norm first
         metrics = {"losses/policy_loss": policy_loss.detach(), "losses/entropy": entropy.detach(),
                    "charts/complete_fraction": mask.mean()}
         if self.critic is not None:

@@ -19,7 +19,7 @@ import torch
 
 from rlrun.algos.protocol import AgentContext
 from rlrun.envs import EnvRunner
-from rlrun.networks import clip_grad_norm, make_adam
+from rlrun.networks import make_adam
 from rlrun.onpolicy import (
     OnPolicyCheckpoint,
     PolicyParts,
@@ -82,7 +82,7 @@ class VPGAgent(OnPolicyCheckpoint):
         self.parts = PolicyParts(ctx, cfg.num_steps, cfg.gamma, True, cfg.normalize_obs,
                                  cfg.normalize_reward, cfg.log_std_init)
         self.actor, self.critic = self.parts.actor, self.parts.critic
-        self.pi_optimizer = make_adam(self.actor.parameters(), cfg.learning_rate)
+        self.pi_optimizer = make_adam(self.actor.parameters(), cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
         self.vf_optimizer = make_adam(self.critic.parameters(), cfg.vf_learning_rate)
         self.n_updates = 0
 
@@ -104,9 +104,7 @@ class VPGAgent(OnPolicyCheckpoint):
         entropy = dist.entropy().mean()
         self.pi_optimizer.zero_grad(set_to_none=True)
         (policy_loss - cfg.ent_coef * entropy).backward()
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm(self.actor.parameters(), cfg.max_grad_norm)
-        self.pi_optimizer.step()
+        self.pi_optimizer.step()  # clips to max_grad_norm first
         value_loss = fit_critic(self.critic, self.vf_optimizer, b_obs, returns, cfg.vf_iters,
                                 cfg.vf_minibatch_size)
         self.n_updates += 1
