@@ -202,13 +202,14 @@ def test_fused_adam_flat_layout_with_clipping_matches_torch(set_to_none):
         assert ours.state[p]["step"] == reference.state[q]["step"] == 25
         torch.testing.assert_close(ours.state[p]["exp_avg_sq"], reference.state[q]["exp_avg_sq"])
         torch.testing.assert_close(p.grad, q.grad)  # the clipped gradient, as clip_grad_norm_ leaves it
-    # Without the flat layout's effect on the kernel's tails, the same run is bit-identical: the two-net sizes.
+    # Where the flat layout moves no kernel tail (the two-net sizes) and no clipping is needed (the flat path then
+    # multiplies nothing; its clip norm rounds differently from torch's norm of norms), the run is bit-identical.
     ours_net, torch_net = two_nets()
-    ours = FusedAdam(ours_net.parameters(), lr=1e-2, max_grad_norm=0.5)
+    ours = FusedAdam(ours_net.parameters(), lr=1e-2, max_grad_norm=1e4)
     reference = torch.optim.Adam(torch_net.parameters(), lr=1e-2, fused=True)
     batches = [torch.randn(16, 8) for _ in range(10)]
-    train_steps(ours_net, ours, batches, max_grad_norm=0.5, set_to_none=set_to_none)
-    train_steps(torch_net, reference, batches, max_grad_norm=0.5, set_to_none=set_to_none)
+    train_steps(ours_net, ours, batches, max_grad_norm=1e4, set_to_none=set_to_none)
+    train_steps(torch_net, reference, batches, max_grad_norm=1e4, set_to_none=set_to_none)
     assert is_flat(ours, ours_net)
     assert_same_weights(ours_net, torch_net)
 
@@ -269,9 +270,20 @@ def test_fused_adam_flat_layout_leaves_and_rejoins_the_per_tensor_paths():
         handle.remove()
     both([torch.randn(8, 5) for _ in range(2)])
     assert is_flat(ours, ours_net)
+    both([torch.randn(8, 5) for _ in range(2)], set_to_none=False)  # backward accumulates into the views
+    x = torch.randn(8, 5)
+    for net, optimizer in ((ours_net, ours), (torch_net, reference)):  # one view's gradient replaced by a new tensor
+        optimizer.zero_grad(set_to_none=False)
+        net(x).square().mean().mul(100.0).backward()
+        net[2].bias.grad = net[2].bias.grad * 3.0
+        if optimizer is reference:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        optimizer.step()
+    assert_same_weights(ours_net, torch_net, exact=False)
+    assert is_flat(ours, ours_net) and ours_net[2].bias.grad is ours._flat[0].grad_views[3]
     both([torch.randn(8, 5) for _ in range(4)], frozen="4.bias")  # no gradient on the 2nd and 4th of these
     assert not is_flat(ours, ours_net)
-    assert ours.state[ours_net[4].bias]["step"] == 12 and ours.state[ours_net[0].weight]["step"] == 14
+    assert ours.state[ours_net[4].bias]["step"] == 15 and ours.state[ours_net[0].weight]["step"] == 17
 
 
 def test_fused_adam_rejects_a_negative_clip_and_a_closure_with_clipping():
@@ -281,3 +293,21 @@ def test_fused_adam_rejects_a_negative_clip_and_a_closure_with_clipping():
     optimizer = FusedAdam(net.parameters(), lr=1e-3, max_grad_norm=1.0)
     with pytest.raises(ValueError, match="closure"):
         optimizer.step(lambda: net(torch.randn(2, 8)).sum())
+
+
+def test_fused_adam_clips_over_all_its_parameter_groups():
+    """One global norm over every group (flat ones and one per tensor) as clip_grad_norm_ over all parameters."""
+    ours_net, torch_net = odd_nets(6)
+
+    def groups(net):
+        return [{"params": net[0].parameters(), "lr": 1e-3}, {"params": net[2].parameters(), "lr": 3e-3},
+                {"params": net[4].parameters()}]
+
+    ours = FusedAdam(groups(ours_net), lr=1e-2, max_grad_norm=0.5)
+    reference = torch.optim.Adam(groups(torch_net), lr=1e-2, fused=True)
+    for frozen in (None, "4.bias"):  # all groups flat; then the last one per tensor on alternate steps
+        batches = [torch.randn(8, 5) for _ in range(6)]
+        train_steps(ours_net, ours, batches, frozen=frozen, max_grad_norm=0.5)
+        train_steps(torch_net, reference, batches, frozen=frozen, max_grad_norm=0.5)
+        assert_same_weights(ours_net, torch_net, exact=False)
+    assert set(ours._flat) == {0, 1}
