@@ -174,24 +174,43 @@ def _torch_adam_step() -> Any:
 
 class _Flat(NamedTuple):
     """One parameter group laid out in contiguous storage: its parameters, gradients and Adam moments are views
-    of four flat tensors, and the per-parameter step counts are elements of one."""
+    of four flat tensors, and the per-parameter step counts are elements of one. Each parameter's slot starts
+    on a 64-byte boundary (zero padding between slots), as a tensor of its own does: matmul kernels can round
+    differently on differently aligned data, and a resumed run's weights are tensors of their own until its
+    first step."""
 
     params: list[torch.Tensor]
     ptrs: list[int]
     """Each parameter's data pointer when laid out: a parameter re-pointed since (`p.data = ...`) is noticed."""
+    state_views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    """Each parameter's exp_avg, exp_avg_sq and step as laid out: a state replaced since is noticed."""
     param: torch.Tensor
     grad: torch.Tensor
     grad_views: list[torch.Tensor]
+    pads: list[torch.Tensor | None]
+    """Zeros for the padding after each slot (None where there is none), for `gather_grads`' cat."""
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
     steps: torch.Tensor
+
+    def current(self, params: list[torch.Tensor], states: list[dict[str, Any]]) -> bool:
+        """Whether this layout still holds `params` and their `states`."""
+        return (len(params) == len(self.params)
+                and all(p is q and p.data_ptr() == ptr for p, q, ptr in zip(params, self.params, self.ptrs))
+                and all(state["exp_avg"] is avg and state["exp_avg_sq"] is avg_sq and state["step"] is step
+                        for state, (avg, avg_sq, step) in zip(states, self.state_views)))
 
     def gather_grads(self) -> None:
         """Copy gradients not already in the flat gradient (backward made new ones, after zero_grad's
         set_to_none) into it, and make each `.grad` its view: clipped in place, it is what the parameter shows."""
         stale = [k for k, (p, view) in enumerate(zip(self.params, self.grad_views)) if p.grad is not view]
         if len(stale) == len(self.params):
-            torch.cat([p.grad.reshape(-1) for p in self.params], out=self.grad)
+            pieces = []
+            for p, pad in zip(self.params, self.pads):
+                pieces.append(p.grad.reshape(-1))
+                if pad is not None:
+                    pieces.append(pad)
+            torch.cat(pieces, out=self.grad)
         elif stale:  # some accumulated in place (zero_grad(set_to_none=False)), some replaced
             torch._foreach_copy_([self.grad_views[k] for k in stale], [self.params[k].grad for k in stale])
         for k in stale:
@@ -232,17 +251,17 @@ class FusedAdam(torch.optim.Adam):
     without it. The fast paths open no profiler label: in a torch.profiler trace their time shows as `cat`,
     `_foreach_norm`, `mul_`, `add_` and `_fused_adam_`.
 
-    Checkpoints hold torch's Adam state dict (views of the flat storage save as ordinary tensors), so a run
-    resumes on torch's Adam or this one; loading state lays the group out anew at the next step.
+    Checkpoints hold torch's Adam state dict, so a run resumes on torch's Adam or this one; loading state lays
+    the group out anew at the next step. A view saves or pickles its whole storage: rlrun's checkpoints clone the
+    weights and write everything in one `torch.save`, but a pickle of a module alone, or `torch.save` of one
+    layer's state dict, carries the whole group's flat tensor (clone to save less).
     """
 
     _torch_step = _torch_adam_step()
 
     def __init__(self, params, lr: float, max_grad_norm: float = 0.0, **kwargs):
         super().__init__(params, lr=lr, fused=True, **kwargs)
-        if max_grad_norm < 0:
-            raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {max_grad_norm}")
-        self.defaults["max_grad_norm"] = max_grad_norm  # defaults: kept by copies and pickles
+        self.defaults["max_grad_norm"] = max_grad_norm  # defaults: kept by copies and pickles; <= 0: no clipping
         self._flat: dict[int, _Flat] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -282,7 +301,7 @@ class FusedAdam(torch.optim.Adam):
                 if flat is not None:
                     flat.gather_grads()
                 plans.append((group, params, states, flat))
-        coef = self._clip_coefficient(plans, max_norm) if max_norm > 0 else None
+        coef = self._clip_coefficient(plans, max_norm) if max_norm > 0 and plans else None
         for group, params, states, flat in plans:
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
@@ -338,8 +357,7 @@ class FusedAdam(torch.optim.Adam):
                     states: list[dict[str, Any]]) -> _Flat | None:
         """Group `index` laid out flat: as it was, laid out now, or None where it cannot be (then per tensor)."""
         flat = self._flat.get(index)
-        if (flat is not None and len(flat.params) == len(params)
-                and all(p is q and p.data_ptr() == ptr for p, q, ptr in zip(params, flat.params, flat.ptrs))):
+        if flat is not None and flat.current(params, states):
             return flat
         self._flat.pop(index, None)
         if len(params) != len(group["params"]):  # a parameter without a gradient this step
@@ -351,11 +369,14 @@ class FusedAdam(torch.optim.Adam):
         steps = torch.stack([state["step"].reshape(()) for state in states])
         if steps.dtype != torch.float32 or not bool((steps == steps[0]).all()):
             return None
+        align = max(1, 64 // params[0].element_size())
         sizes = [p.numel() for p in params]
-        total = sum(sizes)
-        flat_param, flat_grad, flat_avg, flat_avg_sq = (torch.empty(total, dtype=dtype) for _ in range(4))
-        views = [[view.view_as(p) for p, view in zip(params, storage.split(sizes))]
+        slots = [-(-size // align) * align for size in sizes]
+        offsets = [sum(slots[:k]) for k in range(len(slots))]
+        flat_param, flat_grad, flat_avg, flat_avg_sq = (torch.zeros(sum(slots), dtype=dtype) for _ in range(4))
+        views = [[storage.narrow(0, offset, p.numel()).view_as(p) for p, offset in zip(params, offsets)]
                  for storage in (flat_param, flat_grad, flat_avg, flat_avg_sq)]
+        state_views = []
         for k, (p, state) in enumerate(zip(params, states)):
             views[0][k].copy_(p)
             p.data = views[0][k]
@@ -363,8 +384,10 @@ class FusedAdam(torch.optim.Adam):
                 moments[k].copy_(state[key])
                 state[key] = moments[k]
             state["step"] = steps[k]
-        flat = _Flat(params, [p.data_ptr() for p in params], flat_param, flat_grad, views[1], flat_avg,
-                     flat_avg_sq, steps)
+            state_views.append((state["exp_avg"], state["exp_avg_sq"], state["step"]))
+        pads = [torch.zeros(slot - size, dtype=dtype) if slot > size else None for slot, size in zip(slots, sizes)]
+        flat = _Flat(params, [p.data_ptr() for p in params], state_views, flat_param, flat_grad, views[1], pads,
+                     flat_avg, flat_avg_sq, steps)
         self._flat[index] = flat
         return flat
 

@@ -197,9 +197,15 @@ def test_fused_adam_flat_layout_with_clipping_matches_torch(set_to_none):
     train_steps(ours_net, ours, batches, max_grad_norm=0.5, set_to_none=set_to_none)
     train_steps(torch_net, reference, batches, max_grad_norm=0.5, set_to_none=set_to_none)
     assert is_flat(ours, ours_net)
+    assert all(p.data_ptr() % 64 == 0 for p in ours_net.parameters())  # each slot aligned as a tensor of its own
+    for optimizer in (ours, reference):  # a learning-rate change (the schedules) while laid out flat
+        optimizer.param_groups[0]["lr"] = 3e-3
+    batches = [torch.randn(16, 5) for _ in range(5)]
+    train_steps(ours_net, ours, batches, max_grad_norm=0.5, set_to_none=set_to_none)
+    train_steps(torch_net, reference, batches, max_grad_norm=0.5, set_to_none=set_to_none)
     assert_same_weights(ours_net, torch_net, exact=False)
     for p, q in zip(ours_net.parameters(), torch_net.parameters()):
-        assert ours.state[p]["step"] == reference.state[q]["step"] == 25
+        assert ours.state[p]["step"] == reference.state[q]["step"] == 30
         torch.testing.assert_close(ours.state[p]["exp_avg_sq"], reference.state[q]["exp_avg_sq"])
         torch.testing.assert_close(p.grad, q.grad)  # the clipped gradient, as clip_grad_norm_ leaves it
     # Where the flat layout moves no kernel tail (the two-net sizes) and no clipping is needed (the flat path then
@@ -286,13 +292,32 @@ def test_fused_adam_flat_layout_leaves_and_rejoins_the_per_tensor_paths():
     assert ours.state[ours_net[4].bias]["step"] == 15 and ours.state[ours_net[0].weight]["step"] == 17
 
 
-def test_fused_adam_rejects_a_negative_clip_and_a_closure_with_clipping():
+def test_fused_adam_edge_cases():
+    """No gradient at all (a no-op, clipping on), a closure with clipping (refused), a negative max_grad_norm (no
+    clipping, as 0), a state replaced from outside (the flat layout notices it)."""
     net, _ = two_nets()
-    with pytest.raises(ValueError, match="max_grad_norm"):
-        FusedAdam(net.parameters(), lr=1e-3, max_grad_norm=-1.0)
     optimizer = FusedAdam(net.parameters(), lr=1e-3, max_grad_norm=1.0)
+    train_steps(net, optimizer, [torch.randn(4, 8) for _ in range(2)])
+    assert is_flat(optimizer, net)
+    before = [p.clone() for p in net.parameters()]
+    optimizer.zero_grad()
+    optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
     with pytest.raises(ValueError, match="closure"):
         optimizer.step(lambda: net(torch.randn(2, 8)).sum())
+    ours_net, torch_net = two_nets(7)
+    ours = FusedAdam(ours_net.parameters(), lr=1e-2, max_grad_norm=-1.0)
+    reference = torch.optim.Adam(torch_net.parameters(), lr=1e-2, fused=True)
+    batches = [torch.randn(16, 8) for _ in range(4)]
+    train_steps(ours_net, ours, batches)
+    train_steps(torch_net, reference, batches)
+    assert_same_weights(ours_net, torch_net, exact=False)
+    weight = ours_net[0].weight
+    ours.state[weight] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(weight),
+                          "exp_avg_sq": torch.zeros_like(weight)}
+    train_steps(ours_net, ours, [torch.randn(16, 8)])
+    assert ours.state[weight]["step"] == 1 and ours.state[ours_net[0].bias]["step"] == 5
+    assert ours.state[weight]["exp_avg"].any()
 
 
 def test_fused_adam_clips_over_all_its_parameter_groups():
