@@ -232,24 +232,27 @@ class FusedAdam(torch.optim.Adam):
       once on four tensors. Adam is elementwise: the same arithmetic as torch's fused path, except that the
       kernel's scalar tail (elements past a multiple of its vector width) falls on other elements, so weights
       can differ from torch's in the last bits. Inside training at rl-zoo's settings (one thread, medians of 4
-      alternations in one process) a step took 241 against 266 µs on DQN's [256, 256] Q-network and 145
-      against 195 µs on PPO's [64, 64] actor and critic, clipping included, against the per-tensor path below:
-      DQN ran 4.9% more env steps/s; PPO's gain (~2% of its time) was within the noise.
+      alternations in one process) a step took 226 against 246 µs on DQN's [256, 256] Q-network and 139
+      against 180 µs on PPO's [64, 64] actor and critic, clipping included, against the per-tensor path below:
+      DQN ran 4.9% more env steps/s; PPO's gain (~2% of its time) was within the noise (bench/results.md,
+      session 24).
     - A group that cannot be laid out flat (a parameter without a gradient this step, or step counts that
       differ) takes a per-tensor fast path: the same `torch._fused_adam_` call as torch's fused path, bit-identical
       to it.
     - `zero_grad` sets the gradients to None in a plain loop.
 
     `max_grad_norm` > 0 clips before the update as `torch.nn.utils.clip_grad_norm_` does (coefficient
-    max_norm / (norm + 1e-6), capped at 1, over all the optimizer's gradients; the norm is computed per tensor,
-    then over the norms, as torch does).
+    max_norm / (norm + 1e-6), capped at 1, over all the optimizer's gradients): with every group flat, from one
+    norm per flat gradient, read on the host, and no multiply where the coefficient is 1; otherwise with torch's
+    arithmetic (`clip_grad_norm`: per-tensor norms, then the norm of those).
 
     Torch's own step (wrapper included, clipping first) still runs where it has work the fast paths do not do:
     a registered step hook, a parameter without state yet (the first step), a GradScaler's scale, a tensor
     learning rate, a group loaded as non-fused, amsgrad, maximize, AdamW's decoupled weight decay, capturable
     (CUDA-graph capture), or parameters off the CPU; a closure is refused with clipping and goes to torch's step
-    without it. The fast paths open no profiler label: in a torch.profiler trace their time shows as `cat`,
-    `_foreach_norm`, `mul_`, `add_` and `_fused_adam_`.
+    without it. The fast paths open no profiler label: in a torch.profiler trace the flat one shows as `cat`,
+    `linalg_vector_norm`, `mul_`, `add_` and `_fused_adam_`, the per-tensor one as `_foreach_*` and
+    `_fused_adam_`.
 
     Checkpoints hold torch's Adam state dict, so a run resumes on torch's Adam or this one; loading state lays
     the group out anew at the next step. A view saves or pickles its whole storage: rlrun's checkpoints clone the
@@ -348,9 +351,7 @@ class FusedAdam(torch.optim.Adam):
         self._flat.clear()
         max_norm = self.defaults["max_grad_norm"]
         if max_norm > 0:
-            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, norm_and_clip_coefficient(grads, max_norm)[1])
+            clip_grad_norm([p for group in self.param_groups for p in group["params"]], max_norm)
         return self._torch_step(closure)
 
     def _flat_group(self, index: int, group: dict[str, Any], params: list[torch.Tensor],
