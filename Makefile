@@ -31,7 +31,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check rlrun tests bench
+	$(BIN)/ruff check rlrun tests bench hydra_plugins
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]" $(TORCH)

@@ -97,6 +97,42 @@ def check_stored_study(sweeper: DictConfig) -> None:
                          f"hydra.sweeper.direction={stored[0]}, or start a new search in another hydra.sweep.dir")
 
 
+def optuna_search_error(sweeper: Any, exc: ValueError) -> tuple[str, bool] | None:
+    """What an Optuna search that ended in `exc` from inside Optuna says (hydra_plugins/rlrun_optuna_sweeper), and
+    whether it is bad input; None for any other error, which stays as it is.
+
+    Two endings are explained: no trial finished (Optuna's `best_trial` then raises "Record does not exist." for a
+    stored study, "No trials are completed yet." in memory), and a continued study whose `choice(…)` values
+    changed. `sweeper` is hydra-optuna-sweeper's implementation: its `study_name`, `storage` and `config` (the
+    composed multirun config) are what it ran with."""
+    import optuna
+
+    name, storage = getattr(sweeper, "study_name", None), getattr(sweeper, "storage", None)
+    study = f"the Optuna search{f' {name!r}' if name else ''}"
+    sweep_dir = OmegaConf.select(getattr(sweeper, "config", None) or OmegaConf.create(), "hydra.sweep.dir")
+    if "does not support dynamic value space" in str(exc):
+        return (f"{study} stored in {sweep_dir} was started with other values for one of its choice(…) parameters, "
+                f"and a study keeps its search space ({exc}). Start the changed search in another "
+                f"hydra.sweep.dir, or continue this one with the choices it was started with. The trial it had "
+                f"begun stays RUNNING in the study; Optuna's samplers skip it.", True)
+    if storage is None:
+        if "No trials are completed yet" not in str(exc):
+            return None
+        failed = None
+    else:
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001 - an unreadable study leaves Optuna's own error in place
+            return None
+        if any(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials):
+            return None
+        failed = sum(trial.state == optuna.trial.TrialState.FAIL for trial in trials)
+    count = f"all {failed} trials" if failed else "every trial"
+    return (f"{study} has no result: {count} failed (each one's error is printed above), so there is no best "
+            f"trial. Fix what they report and run the same command again; with the same hydra.sweep.dir "
+            f"({sweep_dir}) it continues this study.", False)
+
+
 def train_seeds(cfg: DictConfig, job_dir: Path,
                 train: Callable[[DictConfig, Path], dict[str, Any]]) -> list[tuple[dict[str, Any], Path]]:
     """Train `objective.seeds` seeds (seed, seed+1, …) one after the other, each in job_dir/seed<N>/.

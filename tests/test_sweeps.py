@@ -258,6 +258,43 @@ def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_
     assert "was created to maximize" in proc.stderr and "hydra.sweeper.direction=maximize" in proc.stderr
     assert len(_trials(db, "ppo_cartpole")) == 4
 
+    # Continued with other choice(…) values: Optuna refuses them from inside its storage; one paragraph, exit 2.
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", *common,
+                           "hydra.sweeper.n_trials=1", 'network.hidden=choice("[64]","[32]")'],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "was started with other values for one of its choice(…) parameters" in proc.stderr
+    assert [t.state.name for t in _trials(db, "ppo_cartpole")].count("COMPLETE") == 4
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated API features")
+@pytest.mark.parametrize("storage", ["sqlite", "in_memory"])
+def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_path, storage):
+    """Every trial refused (update_epochs=0): Optuna's `best_trial` would end the search with its own traceback
+    ("Record does not exist." from SQLite, "No trials are completed yet." in memory); rlrun's sweeper says so."""
+    sweep_dir = tmp_path / "search"
+    extra = ["hydra.sweeper.storage=null"] if storage == "in_memory" else []
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
+                           "hydra.sweeper.n_trials=2", *TINY_PPO, "algo.update_epochs=0", *extra],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("algo.update_epochs must be positive") >= 2  # each trial's own error
+    expected = "all 2 trials failed" if storage == "sqlite" else "every trial failed"
+    assert f"the Optuna search 'ppo_cartpole' has no result: {expected}" in proc.stderr, proc.stderr
+    if storage == "sqlite":
+        assert [t.state.name for t in _trials(sweep_dir / "optuna.db", "ppo_cartpole")] == ["FAIL", "FAIL"]
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated API features")
+def test_optuna_search_with_a_finished_trial_reports_it_when_later_trials_fail(tmp_path):
+    """A continued study whose new trials all fail still has a best trial: Hydra's sweeper ends as usual."""
+    sweep_dir = tmp_path / "search"
+    multirun(sweep_dir, "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=1", *TINY_PPO)
+    proc = multirun(sweep_dir, "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=1", *TINY_PPO,
+                    "algo.update_epochs=0")
+    assert "Best value" in proc.stdout + proc.stderr and "has no result" not in proc.stderr
+    assert [t.state.name for t in _trials(sweep_dir / "optuna.db", "ppo_cartpole")] == ["COMPLETE", "FAIL"]
+
 
 def test_a_sweep_with_an_unknown_plus_key_is_refused_once_before_any_job(tmp_path):
     """Every job would be refused alike (and an Optuna search would then end in Optuna's traceback): the sweep

@@ -1,0 +1,36 @@
+"""rlrun's Optuna sweeper: Hydra's (hydra-optuna-sweeper), with one paragraph where Optuna would end in a traceback.
+
+The hparams_search presets select it with `hydra.sweeper._target_`. Hydra instantiates sweepers only from the
+`hydra_plugins` package, hence this module outside `rlrun/`. Everything but two endings is Hydra's sweeper as
+it is. When every trial failed, its `study.best_trial` raises from inside Optuna ("Record does not exist.", a
+traceback) after the trials' own errors have scrolled by: this sweeper says that no trial finished and exits
+with status 1. When a continued study's `choice(…)` values changed, Optuna's traceback becomes one paragraph and
+exit status 2 (bad input).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # the `sweeps` extra is not installed: no Optuna sweeper to extend
+    OptunaSweeper = None
+
+if OptunaSweeper is not None:
+
+    class RlrunOptunaSweeper(OptunaSweeper):
+        def sweep(self, arguments: list[str]) -> Any:
+            try:
+                return super().sweep(arguments)
+            except ValueError as exc:
+                from rlrun.cli import EXIT_BAD_INPUT, EXIT_FAILED, _error
+                from rlrun.sweep import optuna_search_error
+
+                explained = optuna_search_error(self.sweeper, exc)
+                if explained is None:
+                    raise
+                message, bad_input = explained
+                _error(message)
+                sys.exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
