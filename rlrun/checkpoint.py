@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint safely; a clear `CheckpointError` for missing, corrupt or unsafe files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} is not a regular file" if path.exists()
+                              else f"checkpoint {path} does not exist")
+    if path.suffix == ".npz":
+        raise CheckpointError(f"{path} is a replay buffer file (arrays beside a checkpoint), not a checkpoint; give "
+                              f"the checkpoint that names it (checkpoints/last.pt) or its run directory")
     try:
         if not zipfile.is_zipfile(path):
             with open(path, "rb") as handle:
@@ -72,14 +77,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"refused to load {path}: it contains objects other than tensors and plain "
-                              f"data (weights_only=True rejected it; nothing in it was executed). "
-                              f"Detail: {str(exc).splitlines()[0]}") from None
+        # torch's message suggests weights_only=False; a file from elsewhere is data, never code, so not here.
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+        raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain data, or "
+                              f"torch.save did not write it (torch.load with weights_only=True rejected it"
+                              f"{f': {reason[1]}' if reason else ''}); nothing in it was executed. rlrun's "
+                              f"checkpoints are checkpoints/last.pt and best.pt in a run directory") from None
     except Exception as exc:  # noqa: BLE001  (whatever a damaged file makes torch's reader raise)
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"{path} is not an rlrun checkpoint (expected a dict with format={FORMAT!r})")
+    step = payload.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise CheckpointError(f"{path} is damaged: its step is {step!r}, not a number of env steps")
     return payload
 
 
@@ -87,7 +98,10 @@ def load_buffer(checkpoint_path: Path, payload: dict[str, Any]) -> dict[str, np.
     name = payload.get("buffer_file")
     if name is None:
         return None
-    buffer_path = Path(checkpoint_path).with_name(str(name))
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise CheckpointError(f"{checkpoint_path} is damaged: it names its replay buffer {name!r}, which is not the "
+                              f"name of a file beside it")
+    buffer_path = Path(checkpoint_path).with_name(name)
     try:
         with np.load(buffer_path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}

@@ -57,6 +57,17 @@ def check_known_keys(cfg: DictConfig) -> None:
                          f"every setting.")
 
 
+def check_group_choices(choices: Any) -> None:
+    """Refuse (ValueError) a `base_*` option: those are the typed schemas the presets build on (Hydra lists them
+    among a group's options), and one picked on its own runs with no preset's or tuned config's values."""
+    for group in ("algo", "env", "network", "transfer"):
+        option = str(choices.get(group) or "")
+        if option.startswith("base_"):
+            preset = f"{group}={option.removeprefix('base_')}, or another" if group == "algo" else "one"
+            raise ValueError(f"{group}={option} is the schema behind the {group} presets, not a preset: pick "
+                             f"{preset} (`rlrun --help` lists them)")
+
+
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from rlrun.checkpoint import CheckpointError
     from rlrun.envs import EnvError
@@ -144,6 +155,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg))
 
     try:
+        check_group_choices(hydra_cfg.runtime.choices)
         if multirun:
             check_direction(cfg.objective.metric, hydra_cfg.sweeper.get("direction"))
         if cfg.objective.seeds != 1:  # a sweeper's objective as the mean over k seeds (rlrun/sweep.py)

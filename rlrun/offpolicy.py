@@ -171,10 +171,7 @@ def gradient_steps_per_phase(gradient_steps: int, train_freq: int, num_envs: int
     return gradient_steps if gradient_steps >= 0 else train_freq * num_envs
 
 
-def check_common(batch_size: int, train_freq: int, tau: float, gamma: float) -> None:
+def check_common(batch_size: int, train_freq: int) -> None:
+    """The replay settings' ranges (gamma's and tau's, shared with the other algorithms: check_hyperparameters)."""
     if batch_size <= 0 or train_freq <= 0:
         raise ValueError("algo.batch_size and algo.train_freq must be > 0")
-    if not 0.0 < tau <= 1.0:
-        raise ValueError(f"algo.tau must be in (0, 1], got {tau}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"algo.gamma must be in [0, 1], got {gamma}")

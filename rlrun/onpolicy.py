@@ -399,18 +399,20 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # per-group multiplier set by rlrun/transfer.py
 
 
-def check_batch(num_steps: int, num_envs: int, minibatch_size: int | None, algo: str) -> int:
-    """Validate the rollout shape; returns the batch size num_steps × num_envs."""
+def check_batch(num_steps: int, num_envs: int, minibatch_size: int | None, algo: str,
+                minibatch_key: str = "minibatch_size") -> int:
+    """Validate the rollout shape; returns the batch size num_steps × num_envs. `minibatch_key` names the
+    minibatch setting in messages (VPG's is vf_minibatch_size)."""
     if num_steps <= 0:
         raise ValueError(f"algo.num_steps must be positive, got {num_steps}")
     batch_size = num_steps * num_envs
     if minibatch_size is not None:
         if minibatch_size <= 0:
-            raise ValueError(f"algo.minibatch_size must be positive, got {minibatch_size}")
+            raise ValueError(f"algo.{minibatch_key} must be positive, got {minibatch_size}")
         if minibatch_size > batch_size:
             raise ValueError(
-                f"algo={algo}: minibatch_size={minibatch_size} is larger than one rollout "
-                f"(num_steps × num_envs = {num_steps} × {num_envs} = {batch_size}). Lower algo.minibatch_size "
+                f"algo={algo}: {minibatch_key}={minibatch_size} is larger than one rollout "
+                f"(num_steps × num_envs = {num_steps} × {num_envs} = {batch_size}). Lower algo.{minibatch_key} "
                 f"or raise algo.num_steps / algo.num_envs.")
     return batch_size
 

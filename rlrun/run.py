@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from rlrun.algos import ALGORITHMS, Agent, check_action_space
+from rlrun.algos import ALGORITHMS, Agent, check_action_space, check_hyperparameters
 from rlrun.algos.protocol import AgentContext
 from rlrun.checkpoint import (
     CheckpointError,
@@ -285,16 +287,18 @@ class Run:
         self.algo_name = cfg.algo.name
         if self.algo_name not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algo_name!r}; known: {', '.join(ALGORITHMS)}")
+        check_hyperparameters(cfg.algo)
         if cfg.total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {cfg.total_steps}")
         if cfg.eval.every_steps < 0 or cfg.checkpoint.every_steps < 0:
             raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0 (0 = off)")
         if cfg.log.every_steps < 0:
             raise ValueError(f"log.every_steps must be >= 0 (0 = every iteration), got {cfg.log.every_steps}")
-        if cfg.torch_threads < 0:
-            raise ValueError(f"torch_threads must be >= 0 (0 = torch's default), got {cfg.torch_threads}")
-        if cfg.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {cfg.seed}")
+        if not 0 <= cfg.torch_threads <= (os.cpu_count() or 1):  # thousands of threads: libgomp fails or crawls
+            raise ValueError(f"torch_threads must be between 0 (torch's default) and this machine's "
+                             f"{os.cpu_count() or 1} logical CPUs, got {cfg.torch_threads}")
+        if not 0 <= cfg.seed < 2**63:  # torch takes up to 2^64 − 1, and the envs get seed + i
+            raise ValueError(f"seed must be in [0, 2^63), got {cfg.seed}")
         if any(width <= 0 for width in cfg.network.hidden):
             raise ValueError(f"network.hidden must list positive layer widths, got {list(cfg.network.hidden)}")
         if cfg.torch_threads > 0:
@@ -330,7 +334,19 @@ class Run:
         self.runner = EnvRunner(make_vec_env(cfg.env, num_envs), seed=cfg.seed)
         ctx = AgentContext(self.runner.single_observation_space, self.runner.single_action_space,
                            cfg.network, self.device, cfg.seed, cfg.total_steps, num_envs)
-        self.agent: Agent = ALGORITHMS[self.algo_name].make_agent(cfg.algo, ctx)
+        try:
+            self.agent: Agent = ALGORITHMS[self.algo_name].make_agent(cfg.algo, ctx)
+        except (MemoryError, RuntimeError) as exc:
+            # torch's CPU allocator raises a plain RuntimeError ("can't allocate memory"), CUDA's a subclass of it
+            if not (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+                    or "can't allocate memory" in str(exc)):
+                raise
+            requested = re.search(r"tried to allocate (\d+) bytes", str(exc))
+            sizes = f"network.hidden={list(cfg.network.hidden)}" + (
+                f", algo.buffer_size={cfg.algo.buffer_size}" if hasattr(cfg.algo, "buffer_size") else "")
+            raise ValueError(f"the agent does not fit in memory ({sizes}): "
+                             + (f"one of its tensors needs {int(requested[1]) / 2**30:,.1f} GiB" if requested
+                                else type(exc).__name__) + ". Use smaller networks or a smaller buffer.") from None
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, eval_base_seed(cfg.seed),
                                    video_dir=self.run_dir / "videos" if cfg.eval.video else None)
 
@@ -403,7 +419,11 @@ class Run:
         this run's checkpoints hold that one from then on."""
         best_pt = self.ckpt_dir / "best.pt"
         if "best" in payload:
-            self._best_payload = payload["best"] or None
+            best = payload["best"]
+            if not isinstance(best, dict) or (best and not isinstance(best.get("model"), dict)):
+                raise CheckpointError(f"{self.resume_from} is damaged: its copy of the best evaluation's weights "
+                                      f"(\"best\") is not a checkpoint payload")
+            self._best_payload = best or None
             if self._best_payload is not None:
                 save_checkpoint(best_pt, self._best_payload)
             else:

@@ -26,6 +26,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ObjectiveMetric
 from rlrun.files import atomic_write_text, literal, print_line
@@ -222,7 +223,11 @@ def _read_settings(job_dir: Path) -> tuple[dict[str, str], DictConfig | None]:
         key, _, value = str(override).partition("=")
         settings[key.lstrip("+~")] = _canonical(value)
     config_yaml = _read_yaml(hydra_dir / "config.yaml", dict)
-    config = OmegaConf.create(literal(config_yaml)) if config_yaml is not None else None
+    try:
+        config = OmegaConf.create(literal(config_yaml)) if config_yaml is not None else None
+    except OmegaConfBaseException as exc:  # YAML that OmegaConf cannot hold: a null or date key, a date value
+        print(f"rlrun: ignoring {hydra_dir / 'config.yaml'}: not a config ({type(exc).__name__})", file=sys.stderr)
+        config = None
     return settings, config
 
 
@@ -402,10 +407,23 @@ def summarize_sweep(sweep_dir: Path, quiet: bool = False) -> Path | None:
     return path
 
 
-class SweepCallback(Callback):
-    """Registered under hydra.callbacks in conf/config.yaml for every multirun.
+def make_output_dir(path: Path, key: str) -> None:
+    """mkdir -p `path`, or one line naming `key` and exit status 2 where it cannot be made."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from rlrun.cli import EXIT_BAD_INPUT, _error
 
-    At the start it creates the sweep dir, because the Optuna sweeper opens its SQLite study there
+        _error(f"cannot make the directory {key}={path}: {exc.strerror or exc}. Give a directory path that can be "
+               f"created (not an existing file, nor a path under one).")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class SweepCallback(Callback):
+    """Registered under hydra.callbacks in conf/config.yaml for every run and multirun.
+
+    A run's start makes its run dir (`make_output_dir`: one line where it cannot be made). A multirun's start
+    creates the sweep dir, because the Optuna sweeper opens its SQLite study there
     (`storage: sqlite:///${hydra.sweep.dir}/optuna.db`) before any job has made the directory.
     After every job it rewrites sweep_summary.csv (atomically, quietly), because a failed job makes Hydra's
     basic sweeper raise before the end; at the end it writes it once more and prints the table.
@@ -413,6 +431,11 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra makes the run dir before rlrun's code runs, and a path it cannot make (an existing file, a
+        # directory under a file) would end in its traceback: made here first, or refused in one line.
+        make_output_dir(Path(str(config.hydra.run.dir)), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Before the sweeper opens its study: a wrong direction would otherwise be stored with it, and only its
@@ -424,6 +447,9 @@ class SweepCallback(Callback):
             check_known_keys(config)
             check_direction(OmegaConf.select(config, "objective.metric"), config.hydra.sweeper.get("direction"))
             check_stored_study(config.hydra.sweeper)
+            n_trials = config.hydra.sweeper.get("n_trials")
+            if isinstance(n_trials, int) and n_trials < 1:
+                raise ValueError(f"hydra.sweeper.n_trials must be at least 1, got {n_trials}")
         except ValueError as exc:
             from rlrun.cli import EXIT_BAD_INPUT, _error
 
@@ -431,7 +457,7 @@ class SweepCallback(Callback):
             sys.exit(EXIT_BAD_INPUT)
         # Resolved once here; the sweeper and the launcher read the same cached `${now:…}` value.
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        make_output_dir(self.sweep_dir, "hydra.sweep.dir")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # The job's own directory is resolved; the sweep dir is that many levels up as the subdir has parts

@@ -133,9 +133,27 @@ def _assert_clean_failure(proc, *needles):
     (["device=cuda"] if not torch.cuda.is_available() else ["resume=/no/such/run"], ["cuda"]
      if not torch.cuda.is_available() else ["no checkpoint"]),
     (["resume=/no/such/run"], ["no checkpoint"]),
-    (["seed=-1"], ["seed must be >= 0"]),
+    (["seed=-1"], ["seed must be in [0, 2^63)"]),
+    (["seed=99999999999999999999"], ["seed must be in [0, 2^63), got 99999999999999999999"]),
     (["log.every_steps=-1"], ["log.every_steps must be >= 0"]),
-    (["torch_threads=-3"], ["torch_threads must be >= 0"]),
+    (["torch_threads=-3"], ["torch_threads must be between 0"]),
+    (["torch_threads=100000"], ["torch_threads must be between 0", "logical CPUs, got 100000"]),  # was a segfault
+    # shared hyperparameters out of range, named (torch's own errors name no key; gamma=2 used to train)
+    (["algo=dqn", "algo.gamma=2"], ["algo.gamma must be in [0, 1], got 2.0"]),
+    (["algo=ppo", "algo.gae_lambda=-0.5"], ["algo.gae_lambda must be in [0, 1]"]),
+    (["algo=dqn", "algo.tau=0"], ["algo.tau must be in (0, 1]"]),
+    (["algo=dqn", "algo.gradient_steps=-3"], ["algo.gradient_steps must be >= 0, or -1"]),
+    (["algo=dqn", "algo.exploration_final_eps=2"], ["algo.exploration_final_eps must be in [0, 1]"]),
+    (["algo=sac", "env=pendulum", "algo.alpha_lr=-1"], ["algo.alpha_lr must be >= 0, got -1.0"]),
+    (["algo=td3", "env=pendulum", "algo.noise_sigma=-1"], ["algo.noise_sigma must be >= 0"]),
+    (["algo=ppo", "algo.adam_eps=-1"], ["algo.adam_eps must be >= 0"]),
+    (["algo=ppo", "algo.target_kl=-1"], ["algo.target_kl must be positive (or null: off)"]),
+    (["algo=vpg", "algo.vf_minibatch_size=0"], ["algo.vf_minibatch_size must be positive"]),
+    (["algo=reinforce", "algo.baseline=true", "algo.vf_iters=0"], ["algo.vf_iters must be positive"]),
+    (["algo=ppo", "network.hidden=[10000000,10000000]"], ["does not fit in memory", "network.hidden=[10000000"]),
+    (["env=gym", "env.id=nosuchmod:Foo-v0"], ["importing its module failed", "nosuchmod"]),
+    (["algo=base_dqn"], ["algo=base_dqn is the schema behind the algo presets", "pick algo=dqn"]),
+    (["env=base_env"], ["env=base_env is the schema behind the env presets"]),
     (["network.hidden=[-4]"], ["network.hidden"]),
     (["network.hidden=[0]"], ["network.hidden"]),
     (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
@@ -173,7 +191,7 @@ def test_rlrun_eval_names_what_is_wrong(tiny_run, tmp_path):
     assert proc.returncode == 2
     payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     save_checkpoint(tmp_path / "bad_step.pt", {**payload, "step": "abc"})
-    _assert_clean_failure(_rlrun_eval(str(tmp_path / "bad_step.pt")), "bad_step.pt has step 'abc'")
+    _assert_clean_failure(_rlrun_eval(str(tmp_path / "bad_step.pt")), "bad_step.pt is damaged: its step is 'abc'")
     wider = {key: (torch.zeros(value.shape[0] + 1, *value.shape[1:]) if key == "q.head.bias" else value)
              for key, value in payload["model"].items()}
     save_checkpoint(tmp_path / "bad_shape.pt", {**payload, "model": wider})
@@ -210,6 +228,36 @@ def test_rlrun_eval_of_a_file_that_is_not_a_checkpoint(tiny_run):
     run_dir, _ = tiny_run
     _assert_clean_failure(_rlrun_eval(str(run_dir / "summary.json")), "is not a checkpoint: torch.save did not "
                                                                        "write it")
+
+
+def test_rlrun_eval_says_what_the_file_is_when_it_is_not_a_checkpoint(tmp_path, tiny_run):
+    """/dev/null exists but is no file; a replay buffer is not a damaged checkpoint; a pickle of other objects is
+    refused without torch's advice to load it with weights_only=False."""
+    import pickle
+
+    run_dir, _ = tiny_run
+    _assert_clean_failure(_rlrun_eval("/dev/null"), "/dev/null is not a regular file")
+    buffer = next((run_dir / "checkpoints").glob("last-buffer-*.npz"))
+    _assert_clean_failure(_rlrun_eval(str(buffer)), "is a replay buffer file", "not a checkpoint")
+    (tmp_path / "objects.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    proc = _rlrun_eval(str(tmp_path / "objects.pt"))
+    _assert_clean_failure(proc, "refused to load", "nothing in it was executed")
+    assert "weights_only set to False" not in proc.stderr and "weights_only=False" not in proc.stderr
+
+
+def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
+    """Hydra makes the run (or sweep) dir before rlrun's code runs: a path under a file used to end in its
+    traceback."""
+    (tmp_path / "a_file").write_text("x")
+    proc = rlrun(tmp_path / "a_file", *TINY, check=False, timeout=120)
+    _assert_clean_failure(proc, "cannot make the directory hydra.run.dir=", "File exists")
+    assert proc.returncode == 2
+    proc = rlrun(tmp_path / "a_file" / "run", *TINY, check=False, timeout=120)
+    _assert_clean_failure(proc, "cannot make the directory hydra.run.dir=", "Not a directory")
+    proc = subprocess.run([str(rlrun.__globals__["BIN"] / "rlrun"), "-m", f"hydra.sweep.dir={tmp_path / 'a_file'}",
+                           *TINY], capture_output=True, text=True, timeout=120)
+    _assert_clean_failure(proc, "cannot make the directory hydra.sweep.dir=")
+    assert (tmp_path / "a_file").read_text() == "x"
 
 
 def test_rlrun_eval_corrupt_checkpoint(tmp_path, tiny_run):

@@ -149,3 +149,16 @@ def test_rlrun_plot_leaves_out_damaged_run_files_and_says_so(sweep, tmp_path):
     assert f"ignoring {broken / '.hydra' / 'overrides.yaml'}: not readable YAML" in proc.stderr
     assert "config.yaml: a list, not a dict" in proc.stderr
     _assert_png(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("config_yaml", ["null: 1\nseed: 0\n", "2020-01-01: 1\nseed: 0\n", "seed: 2020-01-01\n"])
+def test_rlrun_plot_leaves_out_a_config_that_omegaconf_cannot_hold(sweep, tmp_path, config_yaml):
+    """Readable YAML whose keys or values OmegaConf refuses (a null or date key, a date value): that run's config
+    is left out with a warning, as unreadable YAML is (it used to be OmegaConf's traceback)."""
+    config = sweep / "3_algo=double_dqn,seed=0" / ".hydra" / "config.yaml"
+    config.write_text(config_yaml)
+    proc = subprocess.run([str(BIN / "rlrun-plot"), str(sweep), "-o", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"ignoring {config}: not a config" in proc.stderr
+    _assert_png(tmp_path / "x.png")

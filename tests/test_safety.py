@@ -379,6 +379,36 @@ def test_a_best_pt_from_past_the_last_checkpoint_is_put_back_on_resume(tmp_path)
     _assert_best_matches_the_evaluations(run_dir)
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    build_run(run_dir, "total_steps=400").train()
+    return run_dir
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ({"best": "x"}, 'its copy of the best evaluation\'s weights ("best") is not a checkpoint payload'),
+    ({"best": {"step": 3}}, '("best") is not a checkpoint payload'),
+    ({"buffer_file": "../../../../etc/passwd"}, "names its replay buffer '../../../../etc/passwd', which is not"),
+    ({"buffer_file": "/etc/passwd"}, "which is not the name of a file beside it"),
+    ({"buffer_file": 5}, "names its replay buffer 5"),
+    ({"step": -5}, "is damaged: its step is -5"),
+    ({"step": "abc"}, "is damaged: its step is 'abc'"),
+])
+def test_a_damaged_last_pt_is_refused_on_resume_naming_what_is_wrong(tmp_path, trained_run, damage, needle):
+    """Fields of last.pt that rlrun writes and reads back: each damaged one is named (they used to fail with a
+    message about something else, or, a bad step, to resume)."""
+    import re
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    torch.save({**load_checkpoint(last), **damage}, last)  # save_checkpoint would rewrite buffer_file
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        build_run(run_dir, "total_steps=800", "resume=auto")
+
+
 def test_a_checkpoint_from_before_best_was_kept_in_last_pt_keeps_its_best_pt(tmp_path):
     """A last.pt written before it carried "best": the best.pt beside it stays, and is what this run's later
     checkpoints carry (a review found the next resume deleting it when no new evaluation beat the old best)."""

@@ -86,7 +86,7 @@ def ddpg_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.T
 
 class DDPGAgent:
     def __init__(self, cfg: DDPGConfig, ctx: AgentContext):
-        check_common(cfg.batch_size, cfg.train_freq, cfg.tau, cfg.gamma)
+        check_common(cfg.batch_size, cfg.train_freq)
         self.cfg = cfg
         self.device = ctx.device
         self.scaler = ActionScaler(ctx.action_space)

@@ -97,8 +97,6 @@ class DQNAgent:
     def __init__(self, cfg: DQNConfig, ctx: AgentContext):
         if cfg.batch_size <= 0 or cfg.train_freq <= 0 or cfg.target_update_interval <= 0:
             raise ValueError("algo.batch_size, algo.train_freq and algo.target_update_interval must be > 0")
-        if not 0.0 < cfg.tau <= 1.0:
-            raise ValueError(f"algo.tau must be in (0, 1], got {cfg.tau}")
         self.cfg = cfg
         self.ctx = ctx
         self.device = ctx.device

@@ -76,6 +76,8 @@ def masked_normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> 
 class REINFORCEAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: REINFORCEConfig, ctx: AgentContext):
         check_batch(cfg.num_steps, ctx.num_envs, None, "reinforce")
+        if cfg.baseline and cfg.vf_iters <= 0:
+            raise ValueError(f"algo.vf_iters must be positive with algo.baseline=true, got {cfg.vf_iters}")
         self.cfg, self.ctx = cfg, ctx
         self.parts = PolicyParts(ctx, cfg.num_steps, cfg.gamma, cfg.baseline, cfg.normalize_obs, False,
                                  cfg.log_std_init)

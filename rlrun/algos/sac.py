@@ -142,7 +142,7 @@ class SquashedGaussianActor(MLP):
 
 class SACAgent:
     def __init__(self, cfg: SACConfig, ctx: AgentContext):
-        check_common(cfg.batch_size, cfg.train_freq, cfg.tau, cfg.gamma)
+        check_common(cfg.batch_size, cfg.train_freq)
         if cfg.alpha <= 0 or cfg.n_critics <= 0 or cfg.target_update_interval <= 0:
             raise ValueError("algo.alpha, algo.n_critics and algo.target_update_interval must be > 0")
         self.cfg = cfg

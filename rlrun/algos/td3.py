@@ -106,7 +106,7 @@ def td3_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Te
 
 class TD3Agent:
     def __init__(self, cfg: TD3Config, ctx: AgentContext):
-        check_common(cfg.batch_size, cfg.train_freq, cfg.tau, cfg.gamma)
+        check_common(cfg.batch_size, cfg.train_freq)
         if cfg.policy_delay <= 0 or cfg.n_critics <= 0:
             raise ValueError("algo.policy_delay and algo.n_critics must be > 0")
         self.cfg = cfg

@@ -75,7 +75,8 @@ def policy_gradient_loss(logprob: torch.Tensor, weights: torch.Tensor,
 
 class VPGAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: VPGConfig, ctx: AgentContext):
-        self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.vf_minibatch_size, "vpg")
+        self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.vf_minibatch_size, "vpg",
+                                      "vf_minibatch_size")
         if cfg.vf_iters <= 0:
             raise ValueError(f"algo.vf_iters must be positive, got {cfg.vf_iters}")
         self.cfg, self.ctx = cfg, ctx
