@@ -285,6 +285,17 @@ def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_pa
         assert [t.state.name for t in _trials(sweep_dir / "optuna.db", "ppo_cartpole")] == ["FAIL", "FAIL"]
 
 
+def test_optuna_search_without_trials_is_refused_before_it_starts(tmp_path):
+    """n_trials=0 used to end as a search in which "every trial failed"."""
+    sweep_dir = tmp_path / "search"
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
+                           "hydra.sweeper.n_trials=0", *TINY_PPO], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "hydra.sweeper.n_trials must be at least 1, got 0" in proc.stderr
+    assert not sweep_dir.exists()
+
+
 @pytest.mark.filterwarnings("ignore:Deprecated API features")
 def test_optuna_search_with_a_finished_trial_reports_it_when_later_trials_fail(tmp_path):
     """A continued study whose new trials all fail still has a best trial: Hydra's sweeper ends as usual."""
