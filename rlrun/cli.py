@@ -65,7 +65,8 @@ def check_group_choices(choices: Any) -> None:
         if option.startswith("base_"):
             preset = f"{group}={option.removeprefix('base_')}, or another" if group == "algo" else "one"
             raise ValueError(f"{group}={option} is the schema behind the {group} presets, not a preset: pick "
-                             f"{preset} (`rlrun --help` lists them)")
+                             f"{preset} (`rlrun --help` lists them with the base_* schemas; a sweep over all "
+                             f"presets is {group}='glob(*,exclude=base_*)')")
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
@@ -240,12 +241,8 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
         run_dir = path
     else:
         ckpt, run_dir = path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    payload = load_checkpoint(ckpt)
-    try:
-        step = int(payload.get("step", 0))
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{ckpt} has step {payload.get('step')!r}, not a step count: it is damaged or was "
-                              f"not written by rlrun") from None
+    payload = load_checkpoint(ckpt)  # its step, when there, is a whole number (checked there)
+    step = payload.get("step") or 0
     cfg = config_from_checkpoint(payload)
     if ":" in cfg.env.id and not import_env_module:  # a checkpoint is data: it must not choose code to import
         raise CheckpointError(f"{ckpt} names env.id={cfg.env.id!r}, which would import the module before the ':' "

@@ -88,9 +88,11 @@ def make_env(env_cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     except gym.error.Error as exc:
         raise EnvError(f"cannot make env.id={env_cfg.id!r}: {exc}. Use a registered Gymnasium id "
                        f"(e.g. LunarLander-v3, CartPole-v1) or an env preset (env=lunarlander).") from None
-    except ImportError as exc:  # "module:EnvId": gymnasium imports the module to register the env
-        raise EnvError(f"cannot make env.id={env_cfg.id!r}: importing its module failed ({exc}). An id of the form "
-                       f"module:EnvId needs that module installed and importable; check its name.") from None
+    except ImportError as exc:  # "module:EnvId", or a registered id whose entry point's module is missing
+        where = ("an id of the form module:EnvId needs that module installed and importable; check its name"
+                 if ":" in env_cfg.id else "the env is registered, but the module its entry point names is not "
+                 "installed")
+        raise EnvError(f"cannot make env.id={env_cfg.id!r}: importing its module failed ({exc}); {where}.") from None
     except (TypeError, ValueError, AssertionError) as exc:  # e.g. LunarLander asserts its gravity's range
         raise EnvError(f"env.kwargs={dict(env_cfg.kwargs)} do not fit {env_cfg.id}: "
                        f"{exc or type(exc).__name__}") from None

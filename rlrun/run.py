@@ -51,6 +51,20 @@ class RunInterrupted(Exception):
         self.summary = summary
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CPU allocator raises a plain RuntimeError ("can't allocate memory"), CUDA's a subclass of it."""
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in str(exc)
+
+
+def allocation_failure(exc: BaseException) -> str:
+    """What an allocation failure asked for, in a few words."""
+    requested = re.search(r"tried to allocate (\d+) bytes", str(exc))  # the CPU allocator's wording
+    if requested:
+        return f"one of its tensors needs {int(requested[1]) / 2**30:,.1f} GiB"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
 def seed_everything(seed: int) -> None:
     """The one place that seeds Python, NumPy and torch."""
     random.seed(seed)
@@ -294,9 +308,11 @@ class Run:
             raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0 (0 = off)")
         if cfg.log.every_steps < 0:
             raise ValueError(f"log.every_steps must be >= 0 (0 = every iteration), got {cfg.log.every_steps}")
-        if not 0 <= cfg.torch_threads <= (os.cpu_count() or 1):  # thousands of threads: libgomp fails or crawls
-            raise ValueError(f"torch_threads must be between 0 (torch's default) and this machine's "
-                             f"{os.cpu_count() or 1} logical CPUs, got {cfg.torch_threads}")
+        # More threads than cores only oversubscribes them, but tens of thousands made libgomp fail (a segfault).
+        most_threads = max(64, 8 * (os.cpu_count() or 1))
+        if not 0 <= cfg.torch_threads <= most_threads:
+            raise ValueError(f"torch_threads must be between 0 (torch's default) and {most_threads} (8 × this "
+                             f"machine's {os.cpu_count() or 1} logical CPUs, at least 64), got {cfg.torch_threads}")
         if not 0 <= cfg.seed < 2**63:  # torch takes up to 2^64 − 1, and the envs get seed + i
             raise ValueError(f"seed must be in [0, 2^63), got {cfg.seed}")
         if any(width <= 0 for width in cfg.network.hidden):
@@ -337,16 +353,12 @@ class Run:
         try:
             self.agent: Agent = ALGORITHMS[self.algo_name].make_agent(cfg.algo, ctx)
         except (MemoryError, RuntimeError) as exc:
-            # torch's CPU allocator raises a plain RuntimeError ("can't allocate memory"), CUDA's a subclass of it
-            if not (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
-                    or "can't allocate memory" in str(exc)):
+            if not is_out_of_memory(exc):
                 raise
-            requested = re.search(r"tried to allocate (\d+) bytes", str(exc))
             sizes = f"network.hidden={list(cfg.network.hidden)}" + (
                 f", algo.buffer_size={cfg.algo.buffer_size}" if hasattr(cfg.algo, "buffer_size") else "")
-            raise ValueError(f"the agent does not fit in memory ({sizes}): "
-                             + (f"one of its tensors needs {int(requested[1]) / 2**30:,.1f} GiB" if requested
-                                else type(exc).__name__) + ". Use smaller networks or a smaller buffer.") from None
+            raise ValueError(f"the agent does not fit in memory ({sizes}): {allocation_failure(exc)}. Use smaller "
+                             f"networks or a smaller buffer.") from None
         self.evaluator = Evaluator(cfg.env, cfg.eval.episodes, eval_base_seed(cfg.seed),
                                    video_dir=self.run_dir / "videos" if cfg.eval.video else None)
 
@@ -442,10 +454,10 @@ class Run:
         after a later best.pt has one from past its last checkpoint: its return is not in the restored counters,
         and its evaluation row was dropped)."""
         try:
-            payload = load_checkpoint(best)
-            if int(payload.get("step", step + 1)) > step:
+            payload = load_checkpoint(best)  # its step, when there, is a whole number (checked there)
+            if payload.get("step") is None or payload["step"] > step:
                 return None
-        except (CheckpointError, TypeError, ValueError):
+        except CheckpointError:
             return None
         return {key: value for key, value in payload.items() if key != "format"}
 

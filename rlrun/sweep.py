@@ -12,6 +12,7 @@ writes the summary of a sweep whose end was never reached (e.g. a cancelled SLUR
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -116,11 +118,10 @@ def optuna_search_error(sweeper: Any, exc: ValueError) -> tuple[str, bool] | Non
                 f"and a study keeps its search space ({exc}). Start the changed search in another "
                 f"hydra.sweep.dir, or continue this one with the choices it was started with. The trial it had "
                 f"begun stays RUNNING in the study; Optuna's samplers skip it.", True)
-    if storage is None:
-        if "No trials are completed yet" not in str(exc):
-            return None
-        failed = None
-    else:
+    if not any(text in str(exc) for text in ("Record does not exist", "No trials are completed yet")):
+        return None  # another error from inside the sweeper (a bad search space): Optuna's own message stays
+    failed = None
+    if storage is not None:
         try:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         except Exception:  # noqa: BLE001 - an unreadable study leaves Optuna's own error in place
@@ -129,9 +130,10 @@ def optuna_search_error(sweeper: Any, exc: ValueError) -> tuple[str, bool] | Non
             return None
         failed = sum(trial.state == optuna.trial.TrialState.FAIL for trial in trials)
     count = f"all {failed} trials" if failed else "every trial"
+    again = (f"; with the same hydra.sweep.dir ({sweep_dir}) it continues this study" if storage is not None
+             else " (this study was in memory, hydra.sweeper.storage=null: it is gone)")
     return (f"{study} has no result: {count} failed (each one's error is printed above), so there is no best "
-            f"trial. Fix what they report and run the same command again; with the same hydra.sweep.dir "
-            f"({sweep_dir}) it continues this study.", False)
+            f"trial. Fix what they report and run the same command again{again}.", False)
 
 
 def train_seeds(cfg: DictConfig, job_dir: Path,
@@ -414,8 +416,9 @@ def make_output_dir(path: Path, key: str) -> None:
     except OSError as exc:
         from rlrun.cli import EXIT_BAD_INPUT, _error
 
-        _error(f"cannot make the directory {key}={path}: {exc.strerror or exc}. Give a directory path that can be "
-               f"created (not an existing file, nor a path under one).")
+        hint = ("a file is in the way: give a path that is not an existing file, nor under one"
+                if exc.errno in (errno.EEXIST, errno.ENOTDIR) else "give a path in a writable location")
+        _error(f"cannot make the directory {key}={path}: {exc.strerror or exc}; {hint}.")
         sys.exit(EXIT_BAD_INPUT)
 
 
@@ -434,7 +437,9 @@ class SweepCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra makes the run dir before rlrun's code runs, and a path it cannot make (an existing file, a
-        # directory under a file) would end in its traceback: made here first, or refused in one line.
+        # directory under a file) would end in its traceback: made here first, or refused in one line. The dir may
+        # read Hydra's own config (`${hydra:job.name}`), which Hydra sets only later, as its run_job does.
+        HydraConfig.instance().set_config(config)
         make_output_dir(Path(str(config.hydra.run.dir)), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

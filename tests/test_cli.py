@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 import yaml
-from conftest import read_evaluations, read_summary, rlrun
+from conftest import BIN, read_evaluations, read_summary, rlrun
 
 from rlrun.evaluation import eval_base_seed
 
@@ -134,26 +134,8 @@ def _assert_clean_failure(proc, *needles):
      if not torch.cuda.is_available() else ["no checkpoint"]),
     (["resume=/no/such/run"], ["no checkpoint"]),
     (["seed=-1"], ["seed must be in [0, 2^63)"]),
-    (["seed=99999999999999999999"], ["seed must be in [0, 2^63), got 99999999999999999999"]),
     (["log.every_steps=-1"], ["log.every_steps must be >= 0"]),
     (["torch_threads=-3"], ["torch_threads must be between 0"]),
-    (["torch_threads=100000"], ["torch_threads must be between 0", "logical CPUs, got 100000"]),  # was a segfault
-    # shared hyperparameters out of range, named (torch's own errors name no key; gamma=2 used to train)
-    (["algo=dqn", "algo.gamma=2"], ["algo.gamma must be in [0, 1], got 2.0"]),
-    (["algo=ppo", "algo.gae_lambda=-0.5"], ["algo.gae_lambda must be in [0, 1]"]),
-    (["algo=dqn", "algo.tau=0"], ["algo.tau must be in (0, 1]"]),
-    (["algo=dqn", "algo.gradient_steps=-3"], ["algo.gradient_steps must be >= 0, or -1"]),
-    (["algo=dqn", "algo.exploration_final_eps=2"], ["algo.exploration_final_eps must be in [0, 1]"]),
-    (["algo=sac", "env=pendulum", "algo.alpha_lr=-1"], ["algo.alpha_lr must be >= 0, got -1.0"]),
-    (["algo=td3", "env=pendulum", "algo.noise_sigma=-1"], ["algo.noise_sigma must be >= 0"]),
-    (["algo=ppo", "algo.adam_eps=-1"], ["algo.adam_eps must be >= 0"]),
-    (["algo=ppo", "algo.target_kl=-1"], ["algo.target_kl must be positive (or null: off)"]),
-    (["algo=vpg", "algo.vf_minibatch_size=0"], ["algo.vf_minibatch_size must be positive"]),
-    (["algo=reinforce", "algo.baseline=true", "algo.vf_iters=0"], ["algo.vf_iters must be positive"]),
-    (["algo=ppo", "network.hidden=[10000000,10000000]"], ["does not fit in memory", "network.hidden=[10000000"]),
-    (["env=gym", "env.id=nosuchmod:Foo-v0"], ["importing its module failed", "nosuchmod"]),
-    (["algo=base_dqn"], ["algo=base_dqn is the schema behind the algo presets", "pick algo=dqn"]),
-    (["env=base_env"], ["env=base_env is the schema behind the env presets"]),
     (["network.hidden=[-4]"], ["network.hidden"]),
     (["network.hidden=[0]"], ["network.hidden"]),
     (["env=lunarlander", "env.kwargs.gravity=5"], ["gravity"]),
@@ -169,6 +151,36 @@ def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles):
     if any(override.startswith("+") for override in overrides):
         assert proc.returncode == 2  # rlrun's own bad-input code (Hydra's compose errors exit 1)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything trained
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["seed=99999999999999999999"], ["seed must be in [0, 2^63), got 99999999999999999999"]),
+    (["torch_threads=100000"], ["torch_threads must be between 0", "got 100000"]),  # was a segfault
+    (["algo=dqn", "algo.gamma=2"], ["algo.gamma must be in [0, 1], got 2.0"]),
+    (["algo=ppo", "algo.gae_lambda=-0.5"], ["algo.gae_lambda must be in [0, 1]"]),
+    (["algo=dqn", "algo.tau=0"], ["algo.tau must be in (0, 1]"]),
+    (["algo=dqn", "algo.gradient_steps=-3"], ["algo.gradient_steps must be >= 0, or -1"]),
+    (["algo=dqn", "algo.exploration_final_eps=2"], ["algo.exploration_final_eps must be in [0, 1]"]),
+    (["algo=sac", "env=pendulum", "algo.alpha_lr=-1"], ["algo.alpha_lr must be >= 0, got -1.0"]),
+    (["algo=td3", "env=pendulum", "algo.noise_sigma=-1"], ["algo.noise_sigma must be >= 0"]),
+    (["algo=ppo", "algo.adam_eps=-1"], ["algo.adam_eps must be >= 0"]),
+    (["algo=ppo", "algo.learning_rate=nan"], ["algo.learning_rate must be >= 0, got nan"]),
+    (["algo=a2c", "algo.rmsprop_alpha=2"], ["algo.rmsprop_alpha must be in [0, 1]"]),
+    (["algo=ppo", "algo.target_kl=-1"], ["algo.target_kl must be positive (or null: off)"]),
+    (["algo=vpg", "algo.vf_minibatch_size=0"], ["algo.vf_minibatch_size must be positive"]),
+    (["algo=reinforce", "algo.baseline=true", "algo.vf_iters=0"], ["algo.vf_iters must be positive"]),
+    (["algo=ppo", "network.hidden=[10000000,10000000]"], ["does not fit in memory", "network.hidden=[10000000"]),
+    (["env=gym", "env.id=nosuchmod:Foo-v0"], ["importing its module failed", "nosuchmod"]),
+    (["algo=base_dqn"], ["algo=base_dqn is the schema behind the algo presets", "pick algo=dqn"]),
+    (["env=base_env"], ["env=base_env is the schema behind the env presets"]),
+])
+def test_rlrun_refuses_out_of_range_settings_with_status_2(tmp_path, overrides, needles):
+    """Shared hyperparameters out of range are named (torch's own errors name no key; gamma=2 used to train), and
+    limits whose violation used to crash (a segfault, a traceback) are refused before anything is built."""
+    proc = rlrun(tmp_path / "run", "total_steps=100", *overrides, check=False, timeout=120)
+    _assert_clean_failure(proc, *needles)
+    assert proc.returncode == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def _rlrun_eval(*args):
@@ -250,13 +262,14 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
     traceback."""
     (tmp_path / "a_file").write_text("x")
     proc = rlrun(tmp_path / "a_file", *TINY, check=False, timeout=120)
-    _assert_clean_failure(proc, "cannot make the directory hydra.run.dir=", "File exists")
+    _assert_clean_failure(proc, "cannot make the directory hydra.run.dir=", "File exists", "a file is in the way")
     assert proc.returncode == 2
     proc = rlrun(tmp_path / "a_file" / "run", *TINY, check=False, timeout=120)
     _assert_clean_failure(proc, "cannot make the directory hydra.run.dir=", "Not a directory")
-    proc = subprocess.run([str(rlrun.__globals__["BIN"] / "rlrun"), "-m", f"hydra.sweep.dir={tmp_path / 'a_file'}",
-                           *TINY], capture_output=True, text=True, timeout=120)
-    _assert_clean_failure(proc, "cannot make the directory hydra.sweep.dir=")
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={tmp_path / 'a_file'}", *TINY],
+                          capture_output=True, text=True, timeout=120)
+    _assert_clean_failure(proc, "cannot make the directory hydra.sweep.dir=", "File exists", "a file is in the way")
+    assert proc.returncode == 2
     assert (tmp_path / "a_file").read_text() == "x"
 
 

@@ -1,6 +1,7 @@
 """Every config group composes; schemas catch typos and wrong types; incompatible pairs fail clearly."""
 
 import itertools
+import re
 import warnings
 
 import gymnasium as gym
@@ -196,3 +197,28 @@ def test_flush_denormals_warns_where_the_cpu_cannot(monkeypatch):
         warnings.simplefilter("always")
         set_flush_denormals(False)  # keeping them asks nothing of the CPU
     assert not caught
+
+
+def test_shared_hyperparameter_ranges_accept_every_default_and_refuse_by_name():
+    """check_hyperparameters (run before an agent is built): every algorithm's defaults pass, as do the edge
+    values that mean something (gradient_steps=-1, max_grad_norm=0 or inf, target_kl=None); NaN and values out of
+    range are refused naming the key."""
+    import dataclasses
+    import math
+
+    from rlrun.algos import ALGORITHMS, check_hyperparameters
+
+    for spec in ALGORITHMS.values():
+        defaults = spec.config_cls()
+        check_hyperparameters(defaults)
+        for key, good in [("gradient_steps", -1), ("max_grad_norm", 0.0), ("max_grad_norm", math.inf),
+                          ("target_kl", None), ("gamma", 1.0), ("tau", 1.0)]:
+            if hasattr(defaults, key):
+                check_hyperparameters(dataclasses.replace(defaults, **{key: good}))
+        for key, bad, message in [("gamma", 1.5, "must be in [0, 1]"), ("gamma", math.nan, "must be in [0, 1]"),
+                                  ("tau", 0.0, "must be in (0, 1]"), ("learning_rate", -1e-3, "must be >= 0"),
+                                  ("actor_lr", math.nan, "must be >= 0"), ("target_kl", 0.0, "must be positive"),
+                                  ("gradient_steps", -2, "must be >= 0, or -1")]:
+            if hasattr(defaults, key):
+                with pytest.raises(ValueError, match=re.escape(f"algo.{key} {message}")):
+                    check_hyperparameters(dataclasses.replace(defaults, **{key: bad}))

@@ -283,6 +283,18 @@ def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_pa
     assert f"the Optuna search 'ppo_cartpole' has no result: {expected}" in proc.stderr, proc.stderr
     if storage == "sqlite":
         assert [t.state.name for t in _trials(sweep_dir / "optuna.db", "ppo_cartpole")] == ["FAIL", "FAIL"]
+        assert f"with the same hydra.sweep.dir ({sweep_dir}) it continues this study" in proc.stderr
+    else:  # nothing to continue
+        assert "this study was in memory" in proc.stderr and "it continues" not in proc.stderr
+
+    # Continued with a search space Optuna refuses: its own error is shown, not "no result" (the study still has
+    # no finished trial, which a review found turning any error into that message).
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
+                           "hydra.sweeper.n_trials=1", *TINY_PPO, *extra,
+                           "algo.learning_rate=tag(log, interval(0, 1e-3))"],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode != 0 and "has no result" not in proc.stderr, proc.stderr
+    assert "must be larger than 0 for a log distribution" in proc.stderr
 
 
 def test_optuna_search_without_trials_is_refused_before_it_starts(tmp_path):
