@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -214,9 +215,16 @@ def eval_main(argv: list[str] | None = None) -> None:
     except _bad_input_types() as exc:
         _error(str(exc))
         sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:  # the video encoder could not write (a full disk, a read-only run directory)
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # moviepy's is a page
+        _error(f"rlrun-eval could not write its files for {args.path}: {detail[:400]}")
+        sys.exit(EXIT_FAILED)
     from rlrun.files import print_line
 
     print_line(json.dumps(result, indent=2))
+    if "not_written" in result:
+        _error(f"the result above was not written to {result['not_written']}")
+        sys.exit(EXIT_FAILED)
 
 
 def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device: str,
@@ -269,11 +277,20 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
             raise CheckpointError(f"{ckpt}'s observation-normalisation statistics have shape {stats['mean'].shape}, "
                                   f"but {cfg.env.id} observes shape {obs_norm.rms.mean.shape}: they are damaged")
         obs_norm.load_state(stats)
+    if video:
+        try:
+            (run_dir / "videos").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--video: cannot make {run_dir / 'videos'} ({exc.strerror or exc}); evaluate a run "
+                             f"directory you can write to, or leave out --video") from None
     evaluator = Evaluator(cfg.env, episodes, seed, video_dir=run_dir / "videos" if video else None,
                           video_episodes=episodes)
     started = time.monotonic()
-    result = evaluator.evaluate(agent.act, 0, video_name=f"eval-{ckpt.stem}" if video else None)
-    evaluator.close()
+    try:
+        result = evaluator.evaluate(agent.act, 0, video_name=f"eval-{ckpt.stem}" if video else None)
+    finally:
+        with contextlib.suppress(OSError):  # a recorder that could not write fails again on closing
+            evaluator.close()
     report = {"checkpoint": str(ckpt), "algo": cfg.algo.name, "env_id": cfg.env.id,
               "step": step, "episodes": episodes, "return_mean": result.return_mean,
               "return_std": result.return_std, "length_mean": result.length_mean,
@@ -281,7 +298,11 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     if video:
         report["videos"] = [str(path) for path in result.videos]
     if run_dir.is_dir():
-        atomic_write_text(run_dir / f"eval_{ckpt.stem}.json", json.dumps(report, indent=2) + "\n")
+        path = run_dir / f"eval_{ckpt.stem}.json"
+        try:
+            atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+        except OSError as exc:  # printed all the same (eval_main), and said: status 1
+            report["not_written"] = f"{path} ({exc.strerror or exc})"
     return report
 
 

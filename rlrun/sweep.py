@@ -100,15 +100,18 @@ def check_stored_study(sweeper: DictConfig) -> None:
                          f"hydra.sweeper.direction={stored[0]}, or start a new search in another hydra.sweep.dir")
 
 
-def optuna_search_error(sweeper: Any, exc: ValueError) -> tuple[str, bool] | None:
+def optuna_search_error(sweeper: Any, exc: Exception, started: bool = True) -> tuple[str, bool] | None:
     """What an Optuna search that ended in `exc` from inside Optuna says (hydra_plugins/rlrun_optuna_sweeper), and
     whether it is bad input; None for any other error, which stays as it is.
 
-    Two endings are explained: no trial finished (Optuna's `best_trial` then raises "Record does not exist." for a
-    stored study, "No trials are completed yet." in memory), and a continued study whose `choice(…)` values
-    changed. `sweeper` is hydra-optuna-sweeper's implementation: its `study_name`, `storage` and `config` (the
-    composed multirun config) are what it ran with."""
+    Three endings are explained: no trial finished (Optuna's `best_trial` then raises "Record does not exist." for
+    a stored study, "No trials are completed yet." in memory); a continued study whose `choice(…)` values changed;
+    and, before the first trial was launched (`started` False), Optuna refusing the search's settings (a reversed
+    `interval`, a log range from 0, a storage it cannot open or import a driver for). `sweeper` is
+    hydra-optuna-sweeper's implementation: its `study_name`, `storage` and `config` (the composed multirun config)
+    are what it ran with."""
     import optuna
+    import sqlalchemy.exc
 
     name, storage = getattr(sweeper, "study_name", None), getattr(sweeper, "storage", None)
     study = f"the Optuna search{f' {name!r}' if name else ''}"
@@ -118,7 +121,14 @@ def optuna_search_error(sweeper: Any, exc: ValueError) -> tuple[str, bool] | Non
                 f"and a study keeps its search space ({exc}). Start the changed search in another "
                 f"hydra.sweep.dir, or continue this one with the choices it was started with. The trial it had "
                 f"begun stays RUNNING in the study; Optuna's samplers skip it.", True)
-    if not any(text in str(exc) for text in ("Record does not exist", "No trials are completed yet")):
+    if not started and isinstance(exc, (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError)):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return (f"{study} could not start: Optuna refused its settings ({type(exc).__name__}: {first}). Check "
+                f"hydra.sweeper.params and the ranges on the command line (interval(low, high) needs low <= high, "
+                f"and low > 0 under tag(log, …)), and hydra.sweeper.storage (sqlite:///PATH in a writable "
+                f"directory, or null).", True)
+    if not isinstance(exc, ValueError) or not any(
+            text in str(exc) for text in ("Record does not exist", "No trials are completed yet")):
         return None  # another error from inside the sweeper (a bad search space): Optuna's own message stays
     failed = None
     if storage is not None:

@@ -257,6 +257,23 @@ def test_rlrun_eval_says_what_the_file_is_when_it_is_not_a_checkpoint(tmp_path, 
     assert "weights_only set to False" not in proc.stderr and "weights_only=False" not in proc.stderr
 
 
+def test_rlrun_eval_that_cannot_write_says_so_after_printing_the_result(tiny_run, tmp_path):
+    """The report's place taken by a directory: the result is printed, then one line, status 1. A file named
+    `videos`: --video is refused before any episode, status 2 (both used to be tracebacks)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    (run_dir / "eval_best.json" / "in_the_way").mkdir(parents=True)
+    proc = _rlrun_eval(str(run_dir), "--episodes", "1")
+    _assert_clean_failure(proc, "the result above was not written to", "eval_best.json")
+    assert proc.returncode == 1 and '"return_mean"' in proc.stdout
+    (run_dir / "videos").write_text("x")
+    proc = _rlrun_eval(str(run_dir), "--episodes", "1", "--video")
+    _assert_clean_failure(proc, "--video: cannot make", "leave out --video")
+    assert proc.returncode == 2 and (run_dir / "videos").read_text() == "x"
+
+
 def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
     """Hydra makes the run (or sweep) dir before rlrun's code runs: a path under a file used to end in its
     traceback."""

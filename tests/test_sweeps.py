@@ -287,14 +287,30 @@ def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_pa
     else:  # nothing to continue
         assert "this study was in memory" in proc.stderr and "it continues" not in proc.stderr
 
-    # Continued with a search space Optuna refuses: its own error is shown, not "no result" (the study still has
+    # Continued with a search space Optuna refuses: its own reason is shown, not "no result" (the study still has
     # no finished trial, which a review found turning any error into that message).
     proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
                            "hydra.sweeper.n_trials=1", *TINY_PPO, *extra,
                            "algo.learning_rate=tag(log, interval(0, 1e-3))"],
                           capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode != 0 and "has no result" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "has no result" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "could not start: Optuna refused its settings" in proc.stderr
     assert "must be larger than 0 for a log distribution" in proc.stderr
+
+
+@pytest.mark.parametrize("setting, reason", [
+    ("algo.gae_lambda=interval(0.9,0.8)", "must be smaller than or equal to the `high` value"),
+    ("hydra.sweeper.storage=notaurl", "Could not parse SQLAlchemy URL"),
+    ("hydra.sweeper.storage=sqlite:////proc/no/optuna.db", "unable to open database file"),
+])
+def test_optuna_search_whose_settings_optuna_refuses_stops_in_one_paragraph(tmp_path, setting, reason):
+    """A reversed interval, a storage URL it cannot parse or open: Optuna raises before the first trial, from
+    inside its distributions or SQLAlchemy."""
+    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={tmp_path / 'search'}",
+                           "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=1", *TINY_PPO, setting],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "could not start: Optuna refused its settings" in proc.stderr and reason in proc.stderr
 
 
 def test_optuna_search_without_trials_is_refused_before_it_starts(tmp_path):

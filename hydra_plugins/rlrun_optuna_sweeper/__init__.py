@@ -4,8 +4,9 @@ The hparams_search presets select it with `hydra.sweeper._target_`. Hydra instan
 `hydra_plugins` package, hence this module outside `rlrun/`. Everything but two endings is Hydra's sweeper as
 it is. When every trial failed, its `study.best_trial` raises from inside Optuna ("Record does not exist.", a
 traceback) after the trials' own errors have scrolled by: this sweeper says that no trial finished and exits
-with status 1. When a continued study's `choice(…)` values changed, Optuna's traceback becomes one paragraph and
-exit status 2 (bad input).
+with status 1. When a continued study's `choice(…)` values changed, or Optuna refuses the search's settings before
+its first trial (a reversed `interval`, a log range from 0, a storage URL it cannot open), its traceback becomes one
+paragraph and exit status 2 (bad input).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ if OptunaSweeper is not None:
         def sweep(self, arguments: list[str]) -> Any:
             try:
                 return super().sweep(arguments)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 - explained below, or raised as it is
                 from rlrun.cli import EXIT_BAD_INPUT, EXIT_FAILED, _error
                 from rlrun.sweep import optuna_search_error
 
-                explained = optuna_search_error(self.sweeper, exc)
+                # job_idx counts the trials launched: an error before the first is the search's own settings
+                explained = optuna_search_error(self.sweeper, exc, started=self.sweeper.job_idx > 0)
                 if explained is None:
                     raise
                 message, bad_input = explained
