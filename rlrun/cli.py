@@ -132,7 +132,15 @@ def _one_paragraph(exc: BaseException) -> str:
 
 def interrupted_message(exc: Any, run_dir: Path) -> str:
     """What an interrupted run says: where its files are, and the step a resume continues from when a second
-    Ctrl-C cut the final checkpoint short (`exc` is a `RunInterrupted`)."""
+    Ctrl-C cut the final checkpoint short (`exc` is a `RunInterrupted`). In a job of several seeds
+    (objective.seeds > 1) the run is one seed's, in `run_dir`/seed<N>: resuming that one alone would not finish the
+    job."""
+    seed_dir = getattr(exc, "run_dir", None)
+    if seed_dir is not None and Path(seed_dir) != Path(run_dir):
+        return (f"interrupted by {exc}; the checkpoint and summary.json (status interrupted) of the seed it was "
+                f"training are in {seed_dir}. The same command with resume=auto and the same job directory continues "
+                f"the job: seeds already finished are skipped and this one resumes (an Optuna search starts new "
+                f"trials instead).")
     done, saved = exc.summary["steps_done"], exc.summary["checkpoint_step"]
     if saved is None:
         return (f"interrupted by {exc} before the run's first checkpoint was written (step {done:,}); "

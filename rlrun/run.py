@@ -45,10 +45,11 @@ class RunInterrupted(Exception):
     """The run stopped on SIGINT/SIGTERM after writing its summary and (unless a second Ctrl-C cut it short) its
     checkpoint; `summary` says which step that checkpoint holds."""
 
-    def __init__(self, signum: int, summary: dict[str, Any]):
+    def __init__(self, signum: int, summary: dict[str, Any], run_dir: Path | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.summary = summary
+        self.run_dir = run_dir
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -528,7 +529,7 @@ class Run:
             summary = self.write_summary(status, error)
             self.close()
         if status == "interrupted" and self._stop_signal is not None:
-            raise RunInterrupted(self._stop_signal, summary)
+            raise RunInterrupted(self._stop_signal, summary, self.run_dir)
         if status == "failed":
             raise NonFiniteError(error)
         return summary

@@ -404,6 +404,14 @@ class Transfer:
     def apply(self, step: int, fresh: bool = False) -> None:
         self.unfrozen = self.cfg.unfreeze_at_step is not None and step >= self.cfg.unfreeze_at_step
         scales = self.scales(fresh)
+        if fresh and scales and all(scale is None for scale in scales.values()):
+            # PPO's and A2C's losses would then need no gradient (a torch error at the first update); DQN's
+            # optimizer would be left empty and train nothing. Checked for a fresh transfer only, like the others.
+            raise TransferError(f"transfer={self.cfg.kind.value} freezes every layer that this algorithm trains "
+                                f"({len(scales)} tensors), so the run would learn nothing"
+                                f"{' until transfer.unfreeze_at_step' if self.cfg.unfreeze_at_step else ''}: "
+                                f"leave at least one layer trainable (a non-zero transfer.lr_scales entry, or "
+                                f"fewer transfer.freeze_layers)")
         for name, scale in scales.items():
             self.params[name].requires_grad_(scale is not None)
         by_param = {self.params[name]: scale for name, scale in scales.items()}

@@ -363,3 +363,20 @@ def test_slurm_launcher_preset_composes_with_requeue_settings():
     launcher = yaml.safe_load(proc.stdout.split("\n", 1)[1])  # after "# @package hydra.launcher"
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert launcher["max_num_timeout"] > 0 and launcher["cpus_per_task"] == 1
+
+
+def test_an_interrupted_seed_of_a_several_seed_job_names_its_own_directory(tmp_path):
+    """objective.seeds=2: the interrupted run is job_dir/seed<N>; the message used to name the job dir and advise
+    resume=<job dir>, where no checkpoint is (found by a fuzz review)."""
+    import signal
+
+    from rlrun.cli import interrupted_message
+    from rlrun.run import RunInterrupted
+
+    summary = {"steps_done": 300, "checkpoint_step": 300}
+    message = interrupted_message(RunInterrupted(signal.SIGINT, summary, tmp_path / "trial0" / "seed1"),
+                                  tmp_path / "trial0")
+    assert f"are in {tmp_path / 'trial0' / 'seed1'}" in message and "resume=auto" in message
+    assert f"resume={tmp_path / 'trial0'}" not in message
+    single = interrupted_message(RunInterrupted(signal.SIGINT, summary, tmp_path / "run"), tmp_path / "run")
+    assert f"Continue with resume={tmp_path / 'run'}" in single

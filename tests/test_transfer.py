@@ -103,6 +103,16 @@ def test_freezing_more_layers_than_the_body_has_is_refused_clearly(source, tmp_p
     build_run(tmp_path / "b", *common, "transfer.freeze_layers=2")  # the whole body: allowed
 
 
+@pytest.mark.parametrize("unfreeze", [[], ["transfer.unfreeze_at_step=32"]])
+def test_freezing_every_trained_layer_is_refused_clearly(source, tmp_path, unfreeze):
+    """lr_scales all 0: PPO's loss would need no gradient (a torch error at the first update, found by a fuzz
+    review), and until unfreeze_at_step nothing would learn either. One trainable layer is enough."""
+    common = [*CARTPOLE, "total_steps=64", "transfer=layerwise", f"transfer.source={source}", *unfreeze]
+    with pytest.raises(TransferError, match="freezes every layer that this algorithm trains"):
+        build_run(tmp_path / "a", *common, "transfer.lr_scales=[0,0,0]")
+    build_run(tmp_path / "b", *common, "transfer.lr_scales=[0,0,1]").train()  # the heads train: allowed
+
+
 def test_regroup_optimizer_drops_frozen_and_splits_by_scale():
     a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
     opt = torch.optim.Adam([a, b, c], lr=0.01, eps=1e-5)
