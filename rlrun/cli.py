@@ -200,7 +200,23 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """`rlrun` (through rlrun/entry.py, whose guard turns a Ctrl-C before training began into one line)."""
+    check_hydra_flags(sys.argv[1:])
     _hydra_main()
+
+
+def check_hydra_flags(argv: list[str]) -> None:
+    """Hydra's own check of its flags raises from inside Hydra (a traceback): `-m` with `--cfg`, say. The same
+    check, with Hydra's parser, as one line and exit status 2."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    given = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                   ("--shell-completion", args.shell_completion), ("--info", args.info is not None))
+             if on]
+    if len(given) > 1:
+        _error(f"{' and '.join(given)} cannot be given together: only one of --run, --multirun (-m), --cfg, --info "
+               f"and --shell-completion. To see a sweep's config, give --cfg without -m.")
+        sys.exit(EXIT_BAD_INPUT)
 
 
 # -- rlrun-eval ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import errno
 import io
 import json
 import math
+import shutil
 import statistics
 import sys
 from collections.abc import Callable, Iterable
@@ -419,6 +420,26 @@ def summarize_sweep(sweep_dir: Path, quiet: bool = False) -> Path | None:
     return path
 
 
+def check_launcher(config: DictConfig) -> None:
+    """Settings of the sweeper, the launcher and the objective that every job, or Hydra itself, would only refuse
+    later, each of them with a traceback from inside the plugin or the same error once per job."""
+    n_trials = config.hydra.sweeper.get("n_trials")
+    if isinstance(n_trials, int) and n_trials < 1:
+        raise ValueError(f"hydra.sweeper.n_trials must be at least 1, got {n_trials}")
+    seeds = OmegaConf.select(config, "objective.seeds")
+    if isinstance(seeds, int) and seeds < 1:
+        raise ValueError(f"objective.seeds must be at least 1, got {seeds}")
+    launcher = str(config.hydra.launcher.get("_target_", ""))
+    n_jobs = config.hydra.launcher.get("n_jobs")
+    if "joblib" in launcher and isinstance(n_jobs, int) and n_jobs == 0:
+        raise ValueError("hydra.launcher.n_jobs=0 runs nothing: give the number of parallel jobs, or -1 for one "
+                         "per core")
+    if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
+        raise ValueError("hydra/launcher=slurm submits jobs with SLURM, but this machine has no `srun` on its PATH: "
+                         "run the sweep from a SLURM login node, or use hydra/launcher=joblib (parallel jobs here) "
+                         "or the basic launcher")
+
+
 def make_output_dir(path: Path, key: str) -> None:
     """mkdir -p `path`, or one line naming `key` and exit status 2 where it cannot be made."""
     try:
@@ -462,9 +483,7 @@ class SweepCallback(Callback):
             check_known_keys(config)
             check_direction(OmegaConf.select(config, "objective.metric"), config.hydra.sweeper.get("direction"))
             check_stored_study(config.hydra.sweeper)
-            n_trials = config.hydra.sweeper.get("n_trials")
-            if isinstance(n_trials, int) and n_trials < 1:
-                raise ValueError(f"hydra.sweeper.n_trials must be at least 1, got {n_trials}")
+            check_launcher(config)
         except ValueError as exc:
             from rlrun.cli import EXIT_BAD_INPUT, _error
 

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -380,3 +381,21 @@ def test_an_interrupted_seed_of_a_several_seed_job_names_its_own_directory(tmp_p
     assert f"resume={tmp_path / 'trial0'}" not in message
     single = interrupted_message(RunInterrupted(signal.SIGINT, summary, tmp_path / "run"), tmp_path / "run")
     assert f"Continue with resume={tmp_path / 'run'}" in single
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "--cfg", "hydra", "seed=0,1"], "--multirun and --cfg cannot be given together"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1"], "hydra.launcher.n_jobs=0 runs nothing"),
+    (["-m", "objective.seeds=0", "seed=0,1"], "objective.seeds must be at least 1, got 0"),
+    pytest.param(["-m", "hydra/launcher=slurm", "seed=0,1"], "this machine has no `srun` on its PATH",
+                 marks=pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is installed here")),
+])
+def test_a_sweep_that_hydra_or_its_launcher_would_refuse_with_a_traceback_stops_first(tmp_path, args, message):
+    """Found by a fuzz review: each of these ended in a traceback from inside Hydra, joblib or submitit (or, for
+    objective.seeds, in the same error once per job)."""
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run([str(BIN / "rlrun"), *args, f"hydra.sweep.dir={sweep_dir}", *TINY_DQN],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr
+    assert not sweep_dir.exists()
