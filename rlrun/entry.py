@@ -27,7 +27,19 @@ def _guarded(prog: str, module: str, function: str, detail: str) -> None:
         command = getattr(importlib.import_module(module), function)
         command()
     except KeyboardInterrupt:
-        interrupted(prog, detail)
+        interrupted(prog, _sweep_detail() or detail)
+
+
+def _sweep_detail() -> str | None:
+    """What a Ctrl-C that reaches a sweep's own process says, once the sweep has begun (rlrun/sweep.py notes its
+    directory): a parallel launcher (joblib) may stop its jobs before they finish writing."""
+    sweep = sys.modules.get("rlrun.sweep")
+    sweep_dir = getattr(getattr(sweep, "SweepCallback", None), "running_sweep_dir", None)
+    if sweep_dir is None:
+        return None
+    return (f"during the sweep in {sweep_dir}; its jobs' last checkpoints are kept, but jobs that a parallel launcher "
+            f"stopped may lack summary.json. Run the same command with resume=auto and the same hydra.sweep.dir "
+            f"to continue them")
 
 
 def rlrun() -> None:

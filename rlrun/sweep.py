@@ -463,6 +463,8 @@ class SweepCallback(Callback):
     basic sweeper raise before the end; at the end it writes it once more and prints the table.
     """
 
+    running_sweep_dir: Path | None = None  # set once a sweep began: what a Ctrl-C then says (rlrun/entry.py)
+
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
 
@@ -492,6 +494,7 @@ class SweepCallback(Callback):
         # Resolved once here; the sweeper and the launcher read the same cached `${now:…}` value.
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         make_output_dir(self.sweep_dir, "hydra.sweep.dir")
+        SweepCallback.running_sweep_dir = self.sweep_dir
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # The job's own directory is resolved; the sweep dir is that many levels up as the subdir has parts

@@ -312,6 +312,24 @@ def test_ctrl_c_while_starting_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("rlrun: interrupted while starting, before training began")
 
 
+def test_ctrl_c_in_a_sweeps_own_process_says_so(monkeypatch, capsys, tmp_path):
+    """A joblib sweep's parent takes the Ctrl-C as a KeyboardInterrupt while its jobs run: it used to say
+    "while starting, before training began" (found by a fuzz review)."""
+    from rlrun import cli, entry
+    from rlrun.sweep import SweepCallback
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_hydra_main", interrupted)
+    monkeypatch.setattr(SweepCallback, "running_sweep_dir", tmp_path / "sweep")
+    with pytest.raises(SystemExit) as exit_info:
+        entry.rlrun()
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"rlrun: interrupted during the sweep in {tmp_path / 'sweep'}") and "resume=auto" in err
+
+
 @pytest.mark.parametrize(("script", "needle"), [("rlrun", "while starting, before training began"),
                                                 ("rlrun_eval", "before the evaluation finished"),
                                                 ("rlrun_plot", "before the figure was written")])
