@@ -12,6 +12,7 @@ writes the summary of a sweep whose end was never reached (e.g. a cancelled SLUR
 from __future__ import annotations
 
 import csv
+import datetime
 import errno
 import io
 import json
@@ -121,7 +122,7 @@ def optuna_search_error(sweeper: Any, exc: Exception, started: bool = True) -> t
         return (f"{study} stored in {sweep_dir} was started with other values for one of its choice(…) parameters, "
                 f"and a study keeps its search space ({exc}). Start the changed search in another "
                 f"hydra.sweep.dir, or continue this one with the choices it was started with. The trial it had "
-                f"begun stays RUNNING in the study; Optuna's samplers skip it.", True)
+                f"begun is marked failed in the study.", True)
     if not started and isinstance(exc, (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return (f"{study} could not start: Optuna refused its settings ({type(exc).__name__}: {first}). Check "
@@ -145,6 +146,27 @@ def optuna_search_error(sweeper: Any, exc: Exception, started: bool = True) -> t
              else " (this study was in memory, hydra.sweeper.storage=null: it is gone)")
     return (f"{study} has no result: {count} failed (each one's error is printed above), so there is no best "
             f"trial. Fix what they report and run the same command again{again}.", False)
+
+
+def fail_running_trials(sweeper: Any, since: datetime.datetime) -> int:
+    """Mark FAIL the trials of `sweeper`'s stored study that are RUNNING and began at or after `since` (this
+    search's, which it can no longer finish: a Ctrl-C, a refused search space); returns how many. Never raises:
+    it runs while the search is ending for another reason."""
+    storage, name = getattr(sweeper, "storage", None), getattr(sweeper, "study_name", None)
+    if storage is None:
+        return 0
+    try:
+        import optuna
+
+        study = optuna.load_study(study_name=name, storage=storage)
+        running = [trial for trial in study.get_trials(deepcopy=False)
+                   if trial.state == optuna.trial.TrialState.RUNNING and trial.datetime_start is not None
+                   and trial.datetime_start >= since]
+        for trial in running:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        return len(running)
+    except Exception:  # noqa: BLE001 - the ending it runs in says what went wrong
+        return 0
 
 
 def train_seeds(cfg: DictConfig, job_dir: Path,

@@ -265,7 +265,8 @@ def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "was started with other values for one of its choice(…) parameters" in proc.stderr
-    assert [t.state.name for t in _trials(db, "ppo_cartpole")].count("COMPLETE") == 4
+    states = [t.state.name for t in _trials(db, "ppo_cartpole")]
+    assert states.count("COMPLETE") == 4 and "RUNNING" not in states, states  # the begun trial: marked FAIL
 
 
 @pytest.mark.filterwarnings("ignore:Deprecated API features")
@@ -391,3 +392,31 @@ def test_a_sweep_that_would_fail_in_hydra_its_launcher_or_every_job_stops_first(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr
     assert not sweep_dir.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated API features")
+def test_fail_running_trials_marks_only_this_searchs_unfinished_trials(tmp_path):
+    """What a Ctrl-C (or a refused search space) leaves: trials this search began stay RUNNING in optuna.db for ever
+    unless marked. One begun before the search (another process's) and finished ones are left as they are."""
+    import datetime
+    import time
+    from types import SimpleNamespace
+
+    import optuna
+
+    from rlrun.sweep import fail_running_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    earlier = study.ask()
+    time.sleep(0.05)
+    since = datetime.datetime.now()
+    done, unfinished = study.ask(), study.ask()
+    study.tell(done, 1.0)
+    sweeper = SimpleNamespace(storage=storage, study_name="s")
+    assert fail_running_trials(sweeper, since) == 1
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials}
+    assert states == {earlier.number: "RUNNING", done.number: "COMPLETE", unfinished.number: "FAIL"}
+    assert fail_running_trials(SimpleNamespace(storage=None, study_name="s"), since) == 0  # in memory: gone
+    assert fail_running_trials(SimpleNamespace(storage="sqlite:////proc/no/db", study_name="s"), since) == 0
