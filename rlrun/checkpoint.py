@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlrun.files import CheckpointError, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
+from rlrun.files import CheckpointError, atomic_write, atomic_write_text, first_line  # noqa: F401  (re-exported)
 
 FORMAT = "rlrun-checkpoint-v1"
 
@@ -85,7 +85,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                               f"checkpoints are checkpoints/last.pt and best.pt in a run directory") from None
     except Exception as exc:  # noqa: BLE001  (whatever a damaged file makes torch's reader raise)
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                              f"({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"{path} is not an rlrun checkpoint (expected a dict with format={FORMAT!r})")
     step = payload.get("step")

@@ -123,7 +123,9 @@ def _one_paragraph(exc: BaseException) -> str:
     that sets it."""
     if not isinstance(exc, OmegaConfBaseException):
         return str(exc)
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    from rlrun.files import first_line
+
+    first = first_line(exc)
     key = getattr(exc, "full_key", None)
     if isinstance(exc, MissingMandatoryValue) and key:
         return f"{key} has no value and needs one: set it on the command line ({key}=…)"
@@ -240,7 +242,8 @@ def eval_main(argv: list[str] | None = None) -> None:
         _error(str(exc))
         sys.exit(EXIT_BAD_INPUT)
     except OSError as exc:  # the video encoder could not write (a full disk, a read-only run directory)
-        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # moviepy's is a page
+        # moviepy's message is a page whose first line is only "Broken pipe": its lines, joined, say why
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         _error(f"rlrun-eval could not write its files for {args.path}: {detail[:400]}")
         sys.exit(EXIT_FAILED)
     from rlrun.files import print_line

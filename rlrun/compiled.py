@@ -18,6 +18,8 @@ import torch
 import torch._dynamo.exc
 import torch._inductor.exc
 
+from rlrun.files import first_line
+
 # The exceptions torch raises when a backend cannot compile. InductorError is newer than the oldest torch rlrun
 # allows (2.4, the first with a fused CPU Adam); on a release without one, its failures surface as they are, unrenamed.
 COMPILE_FAILURES: tuple[type[BaseException], ...] = tuple(
@@ -38,9 +40,8 @@ def compiled(fn: Callable[..., Any], option: str) -> Callable[..., Any]:
         try:
             return compiled_fn(*args)
         except COMPILE_FAILURES as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CompileError(
-                f"{option}=true: torch.compile could not compile {getattr(fn, '__qualname__', fn)} ({first_line}). "
+                f"{option}=true: torch.compile could not compile {getattr(fn, '__qualname__', fn)} ({first_line(exc)}). "
                 f"On a CPU it needs a working C++ compiler (g++, or the one $CXX names); on a GPU, Triton. "
                 f"Run with {option}=false.") from None
 

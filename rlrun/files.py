@@ -106,3 +106,10 @@ def print_line(text: str) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first non-empty line (torch, moviepy and Optuna write pages); its type's
+    name where it has no message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -31,7 +31,7 @@ from rlrun.checkpoint import (
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, check_env_steps, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
-from rlrun.files import print_line
+from rlrun.files import first_line, print_line
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
 from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
@@ -62,8 +62,7 @@ def allocation_failure(exc: BaseException) -> str:
     requested = re.search(r"tried to allocate (\d+) bytes", str(exc))  # the CPU allocator's wording
     if requested:
         return f"one of its tensors needs {int(requested[1]) / 2**30:,.1f} GiB"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)[:200]}"
 
 
 def seed_everything(seed: int) -> None:

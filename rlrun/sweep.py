@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ObjectiveMetric
-from rlrun.files import atomic_write_text, literal, print_line
+from rlrun.files import atomic_write_text, first_line, literal, print_line
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -102,7 +102,7 @@ def check_stored_study(sweeper: DictConfig) -> None:
                          f"hydra.sweeper.direction={stored[0]}, or start a new search in another hydra.sweep.dir")
 
 
-def optuna_search_error(sweeper: Any, exc: Exception, started: bool = True) -> tuple[str, bool] | None:
+def optuna_search_error(sweeper: Any, exc: Exception, started: bool) -> tuple[str, bool] | None:
     """What an Optuna search that ended in `exc` from inside Optuna says (hydra_plugins/rlrun_optuna_sweeper), and
     whether it is bad input; None for any other error, which stays as it is.
 
@@ -124,8 +124,7 @@ def optuna_search_error(sweeper: Any, exc: Exception, started: bool = True) -> t
                 f"hydra.sweep.dir, or continue this one with the choices it was started with. The trial it had "
                 f"begun is marked failed in the study.", True)
     if not started and isinstance(exc, (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError)):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return (f"{study} could not start: Optuna refused its settings ({type(exc).__name__}: {first}). Check "
+        return (f"{study} could not start: Optuna refused its settings ({type(exc).__name__}: {first_line(exc)}). Check "
                 f"hydra.sweeper.params and the ranges on the command line (interval(low, high) needs low <= high, "
                 f"and low > 0 under tag(log, …)), and hydra.sweeper.storage (sqlite:///PATH in a writable "
                 f"directory, or null).", True)
@@ -485,10 +484,9 @@ class SweepCallback(Callback):
     basic sweeper raise before the end; at the end it writes it once more and prints the table.
     """
 
-    running_sweep_dir: Path | None = None  # set once a sweep began: what a Ctrl-C then says (rlrun/entry.py)
-
-    def __init__(self) -> None:
-        self.sweep_dir: Path | None = None
+    running_sweep_dir: Path | None = None
+    """The sweep dir once a multirun began in this process (one per process): read again at its end, and by
+    rlrun/entry.py to say what a Ctrl-C interrupted."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra makes the run dir before rlrun's code runs, and a path it cannot make (an existing file, a
@@ -514,9 +512,9 @@ class SweepCallback(Callback):
             _error(str(exc))
             sys.exit(EXIT_BAD_INPUT)
         # Resolved once here; the sweeper and the launcher read the same cached `${now:…}` value.
-        self.sweep_dir = Path(str(config.hydra.sweep.dir))
-        make_output_dir(self.sweep_dir, "hydra.sweep.dir")
-        SweepCallback.running_sweep_dir = self.sweep_dir
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        make_output_dir(sweep_dir, "hydra.sweep.dir")
+        SweepCallback.running_sweep_dir = sweep_dir
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # The job's own directory is resolved; the sweep dir is that many levels up as the subdir has parts
@@ -530,7 +528,7 @@ class SweepCallback(Callback):
             summarize_sweep(sweep_dir, quiet=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        sweep_dir = SweepCallback.running_sweep_dir or Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir() and summarize_sweep(sweep_dir) is None:
             print_line(f"Sweep summary: no finished run under {sweep_dir}")
 

@@ -37,6 +37,13 @@ def multirun(sweep_dir: Path, *overrides: str, timeout: float = 300) -> subproce
     return proc
 
 
+def refused(*args: str, status: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`rlrun *args`, which must end with exit `status` (2: bad input) and one paragraph, no traceback."""
+    proc = subprocess.run([str(BIN / "rlrun"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -252,18 +259,14 @@ def test_optuna_search_stores_its_study_and_an_interrupted_search_continues(tmp_
     assert len(list(sweep_dir.glob("*/objective.json"))) == 4
 
     # Continued with the other direction: refused before a trial runs (Optuna would fail with a traceback).
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", *common,
-                           "objective.metric=solved_at_step", "hydra.sweeper.direction=minimize"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={sweep_dir}", *common, "objective.metric=solved_at_step",
+                   "hydra.sweeper.direction=minimize")
     assert "was created to maximize" in proc.stderr and "hydra.sweeper.direction=maximize" in proc.stderr
     assert len(_trials(db, "ppo_cartpole")) == 4
 
     # Continued with other choice(…) values: Optuna refuses them from inside its storage; one paragraph, exit 2.
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", *common,
-                           "hydra.sweeper.n_trials=1", 'network.hidden=choice("[64]","[32]")'],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={sweep_dir}", *common, "hydra.sweeper.n_trials=1",
+                   'network.hidden=choice("[64]","[32]")')
     assert "was started with other values for one of its choice(…) parameters" in proc.stderr
     states = [t.state.name for t in _trials(db, "ppo_cartpole")]
     assert states.count("COMPLETE") == 4 and "RUNNING" not in states, states  # the begun trial: marked FAIL
@@ -276,10 +279,8 @@ def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_pa
     ("Record does not exist." from SQLite, "No trials are completed yet." in memory); rlrun's sweeper says so."""
     sweep_dir = tmp_path / "search"
     extra = ["hydra.sweeper.storage=null"] if storage == "in_memory" else []
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
-                           "hydra.sweeper.n_trials=2", *TINY_PPO, "algo.update_epochs=0", *extra],
-                          capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=2",
+                   *TINY_PPO, "algo.update_epochs=0", *extra, status=1)
     assert proc.stderr.count("algo.update_epochs must be positive") >= 2  # each trial's own error
     expected = "all 2 trials failed" if storage == "sqlite" else "every trial failed"
     assert f"the Optuna search 'ppo_cartpole' has no result: {expected}" in proc.stderr, proc.stderr
@@ -291,11 +292,9 @@ def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_pa
 
     # Continued with a search space Optuna refuses: its own reason is shown, not "no result" (the study still has
     # no finished trial, which a review found turning any error into that message).
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
-                           "hydra.sweeper.n_trials=1", *TINY_PPO, *extra,
-                           "algo.learning_rate=tag(log, interval(0, 1e-3))"],
-                          capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 2 and "has no result" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=1",
+                   *TINY_PPO, *extra, "algo.learning_rate=tag(log, interval(0, 1e-3))")
+    assert "has no result" not in proc.stderr
     assert "could not start: Optuna refused its settings" in proc.stderr
     assert "must be larger than 0 for a log distribution" in proc.stderr
 
@@ -308,10 +307,8 @@ def test_optuna_search_in_which_every_trial_fails_ends_with_one_paragraph(tmp_pa
 def test_optuna_search_whose_settings_optuna_refuses_stops_in_one_paragraph(tmp_path, setting, reason):
     """A reversed interval, a storage URL it cannot parse or open: Optuna raises before the first trial, from
     inside its distributions or SQLAlchemy."""
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={tmp_path / 'search'}",
-                           "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=1", *TINY_PPO, setting],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={tmp_path / 'search'}", "hparams_search=ppo_cartpole",
+                   "hydra.sweeper.n_trials=1", *TINY_PPO, setting)
     assert "could not start: Optuna refused its settings" in proc.stderr and reason in proc.stderr
 
 
@@ -330,19 +327,16 @@ def test_a_sweep_with_an_unknown_plus_key_is_refused_once_before_any_job(tmp_pat
     """Every job would be refused alike (and an Optuna search would then end in Optuna's traceback): the sweep
     stops at its start, with exit 2, one message and no sweep directory."""
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
-                           "+algo.lerning_rate=1", *TINY_PPO], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole", "+algo.lerning_rate=1",
+                   *TINY_PPO)
     assert "unknown setting algo.lerning_rate (did you mean algo.learning_rate?)" in proc.stderr
     assert not sweep_dir.exists()
 
 
 def test_optuna_search_with_the_wrong_direction_stops_before_its_study_exists(tmp_path):
     sweep_dir = tmp_path / "search"
-    proc = subprocess.run([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
-                           "objective.metric=solved_at_step", *TINY_PPO], capture_output=True, text=True, timeout=120,
-                          cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused("-m", f"hydra.sweep.dir={sweep_dir}", "hparams_search=ppo_cartpole",
+                   "objective.metric=solved_at_step", *TINY_PPO)
     assert "set hydra.sweeper.direction=minimize" in proc.stderr
     assert not (sweep_dir / "optuna.db").exists()
 
@@ -387,9 +381,7 @@ def test_a_sweep_that_would_fail_in_hydra_its_launcher_or_every_job_stops_first(
     """Found by fuzz reviews: each of these ended in a traceback from inside Hydra, joblib or submitit, in the same
     error once per job (objective.seeds), or as a search in which "every trial failed" (n_trials=0)."""
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([str(BIN / "rlrun"), *args, f"hydra.sweep.dir={sweep_dir}"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    proc = refused(*args, f"hydra.sweep.dir={sweep_dir}")
     assert message in proc.stderr
     assert not sweep_dir.exists()
 
