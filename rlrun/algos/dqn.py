@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rlrun.algos.protocol import AgentContext
-from rlrun.buffers import Batch, ReplayBuffer
+from rlrun.buffers import ReplayBuffer
 from rlrun.envs import EnvRunner
 from rlrun.networks import MLP, action_dim, bf16_autocast, make_adam, obs_dim, polyak_update
 
@@ -163,18 +163,21 @@ class DQNAgent:
             all_target_q_next = self.q_target(batches.next_obs)
             all_targets = None if cfg.double else td_target(
                 batches.rewards, batches.terminated, next_state_values(all_target_q_next, None), cfg.gamma)
+        # Each step's rows as views made once per phase (one split per field, not a slice per field and step:
+        # +3.6-6.5% env steps/s at rl-zoo's settings, medians of 6 alternations in one process, session 26).
+        obs, actions = batches.obs.split(size), batches.actions.unsqueeze(1).split(size)
+        step_targets = all_targets.split(size) if all_targets is not None else None
         for k in range(steps):
-            rows = slice(k * size, (k + 1) * size)
-            batch = Batch(*(field[rows] for field in batches))
             with bf16_autocast(self.device, cfg.bf16):
-                if all_targets is not None:
-                    targets = all_targets[rows]
+                if step_targets is not None:
+                    targets = step_targets[k]
                 else:
+                    rows = slice(k * size, (k + 1) * size)
                     with torch.no_grad():
-                        online_q_next = self.q(batch.next_obs)
-                        targets = td_target(batch.rewards, batch.terminated,
+                        online_q_next = self.q(batches.next_obs[rows])
+                        targets = td_target(batches.rewards[rows], batches.terminated[rows],
                                             next_state_values(all_target_q_next[rows], online_q_next), cfg.gamma)
-                q_taken = self.q(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+                q_taken = self.q(obs[k]).gather(1, actions[k]).squeeze(1)
             if cfg.loss == TDLoss.huber:
                 loss = F.smooth_l1_loss(q_taken, targets)
             else:
