@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import sys
 import time
@@ -60,14 +61,14 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 def check_group_choices(choices: Any) -> None:
     """Refuse (ValueError) a `base_*` option: those are the typed schemas the presets build on (Hydra lists them
-    among a group's options), and one picked on its own runs with no preset's or tuned config's values."""
+    among a group's options, except in `rlrun --help`), and one picked on its own runs with no preset's or tuned config's values."""
     for group in ("algo", "env", "network", "transfer"):
         option = str(choices.get(group) or "")
         if option.startswith("base_"):
             preset = f"{group}={option.removeprefix('base_')}, or another" if group == "algo" else "one"
             raise ValueError(f"{group}={option} is the schema behind the {group} presets, not a preset: pick "
-                             f"{preset} (`rlrun --help` lists them with the base_* schemas; a sweep over all "
-                             f"presets is {group}='glob(*,exclude=base_*)')")
+                             f"{preset} (`rlrun --help` lists them; a sweep over all presets is "
+                             f"{group}='glob(*,exclude=base_*)')")
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
@@ -203,7 +204,76 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """`rlrun` (through rlrun/entry.py, whose guard turns a Ctrl-C before training began into one line)."""
     check_hydra_flags(sys.argv[1:])
-    _hydra_main()
+    check_group_options(sys.argv[1:])
+    if not {"--help", "-h"} & set(sys.argv[1:]):
+        _hydra_main()
+        return
+    help_text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(help_text):
+            _hydra_main()
+    finally:
+        print(without_schema_options(help_text.getvalue()), end="")
+
+
+GROUPS = ("algo", "env", "network", "transfer", "experiment", "hparams_search", "tuned")
+
+
+def check_group_options(argv: list[str]) -> None:
+    """`algo=nope` (or one value of a sweep `algo=dqn,nope`) in one line naming the group's presets and the closest
+    one, exit status 2, before Hydra composes anything: Hydra's own error lists the `base_*` schemas among the
+    options and, under `--help`, is a traceback. Left to Hydra: overrides it cannot parse, sweeps it expands
+    itself (`glob(…)`, ranges), and commands that add config directories (`hydra.searchpath`, `--config-dir`),
+    where a preset may live outside conf/."""
+    from difflib import get_close_matches
+
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.config_dir is not None or any(o.lstrip("+~").startswith("hydra.searchpath") for o in args.overrides):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException:
+        return
+    for override in overrides:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete() or override.package:
+            continue
+        value = override.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        if None in values:  # Hydra's own error is a traceback ("must be a string or a list. Got NoneType")
+            _error(f"{group}=null names no preset, and Hydra cannot take it from the command line: leave {group}= out "
+                   f"of the command, and {group} takes its default from conf/config.yaml")
+            sys.exit(EXIT_BAD_INPUT)
+        if not all(isinstance(v, str) for v in values):  # a list of configs, or a sweep Hydra expands itself
+            continue
+        presets = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+        for option in values:
+            if option not in presets and not option.startswith("base_"):  # base_*: check_group_choices says why
+                close = get_close_matches(option, presets, n=1, cutoff=0.6)
+                hint = f" (did you mean {group}={close[0]}?)" if close else ""
+                _error(f"{group}={option} is not one of rlrun's {group} presets{hint}: {', '.join(presets)}.")
+                sys.exit(EXIT_BAD_INPUT)
+
+
+def without_schema_options(help_text: str) -> str:
+    """Hydra's `--help` with the `base_*` schema options left out of the "group: a, b, …" lines of its
+    "== Configuration groups ==" section: each preset of a group builds on one (`algo=dqn` on `base_dqn`), but on
+    its own one is no config to choose (check_group_choices refuses it)."""
+    lines, in_groups = [], False
+    for line in help_text.splitlines(keepends=True):
+        if line.startswith("== "):
+            in_groups = line.startswith("== Configuration groups ==")
+        group, sep, options = line.rstrip("\n").partition(": ")
+        if in_groups and sep:
+            kept = [option for option in options.split(", ") if not option.startswith("base_")]
+            line = f"{group}: {', '.join(kept)}" + line[len(line.rstrip(chr(10))):]
+        lines.append(line)
+    return "".join(lines)
 
 
 def check_hydra_flags(argv: list[str]) -> None:

@@ -122,7 +122,6 @@ def _assert_clean_failure(proc, *needles):
 
 # Each row: overrides, then what the one-paragraph error must say. Hydra's own compose errors exit 1.
 BAD_INPUT = [
-    (["algo=nope"], ["nope"]),
     (["total_steps=many"], ["total_steps"]),
     (["algo.learning_rat=0.1"], ["learning_rat"]),
     (["algo=dqn", "+algo.learning_rat=0.1", "+log.progres=none"],
@@ -168,6 +167,12 @@ REFUSED_BY_RLRUN = [
     (["env=gym", "env.id=nosuchmod:Foo-v0"], ["importing its module failed", "nosuchmod"]),
     (["algo=base_dqn"], ["algo=base_dqn is the schema behind the algo presets", "pick algo=dqn"]),
     (["env=base_env"], ["env=base_env is the schema behind the env presets"]),
+    # An option no group has, before Hydra composes (its own error lists the base_* schemas among the options).
+    (["algo=nope"], ["algo=nope is not one of rlrun's algo presets: a2c, ddpg, double_dqn, dqn, ppo, reinforce, "
+                     "sac, td3, trpo, vpg."]),
+    (["algo=dpq"], ["algo=dpq is not one of rlrun's algo presets (did you mean algo=dqn?)"]),
+    (["network=lrge"], ["did you mean network=large?"]),
+    (["experiment=null"], ["experiment=null names no preset"]),  # was Hydra's traceback
 ]
 
 
@@ -182,6 +187,17 @@ def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles, status):
     if status is not None:
         assert proc.returncode == status  # rlrun's own bad-input code (Hydra's compose errors exit 1)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything trained
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--help", "env=lunarlandr"], "did you mean env=lunarlander?"),  # was a traceback under --help
+    (["-m", "algo=dqn,ppoo"], "algo=ppoo is not one of rlrun's algo presets (did you mean algo=ppo?)"),
+])
+def test_an_unknown_option_is_refused_under_help_and_in_a_sweep(tmp_path, args, needle):
+    proc = subprocess.run([str(BIN / "rlrun"), *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    _assert_clean_failure(proc, needle)
+    assert proc.returncode == 2 and not (tmp_path / "sweep").exists()
 
 
 def _rlrun_eval(*args):
@@ -265,6 +281,7 @@ def test_rlrun_eval_that_cannot_write_says_so_after_printing_the_result(tiny_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run[0], run_dir)
+    (run_dir / "eval_best.json").unlink(missing_ok=True)  # written there by an rlrun-eval test that ran before
     (run_dir / "eval_best.json" / "in_the_way").mkdir(parents=True)
     proc = _rlrun_eval(str(run_dir), "--episodes", "1")
     _assert_clean_failure(proc, "the result above was not written to", "eval_best.json")
@@ -381,3 +398,25 @@ def test_a_reader_that_goes_away_does_not_end_the_run(tmp_path):
     assert "Traceback" not in err and "Broken pipe" not in err
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["checkpoint_step"] == 600
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 600
+
+
+def test_help_lists_the_presets_to_choose_not_the_schemas_they_build_on(tmp_path):
+    proc = subprocess.run([str(BIN / "rlrun"), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("rlrun: deep reinforcement learning experiments")
+    groups = dict(line.split(": ", 1) for line in proc.stdout.splitlines()
+                  if line.split(": ", 1)[0] in ("algo", "env", "network", "transfer"))
+    assert groups["algo"].split(", ") == ["a2c", "ddpg", "double_dqn", "dqn", "ppo", "reinforce", "sac", "td3",
+                                          "trpo", "vpg"]
+    assert "lunarlander" in groups["env"].split(", ") and "base_env" not in groups["env"]
+    assert "base_" not in proc.stdout.split("== Config ==")[0]
+    assert "total_steps:" in proc.stdout.split("== Config ==")[1]  # the composed config still follows
+
+
+def test_without_schema_options_keeps_every_other_line():
+    from rlrun.cli import without_schema_options
+
+    text = ("head: base_x stays\n== Configuration groups ==\nalgo: a2c, base_a2c, dqn\nnetwork: base_network, mlp\n"
+            "\n== Config ==\nkey: base_value\n")
+    assert without_schema_options(text) == ("head: base_x stays\n== Configuration groups ==\nalgo: a2c, dqn\n"
+                                            "network: mlp\n\n== Config ==\nkey: base_value\n")
