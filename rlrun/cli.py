@@ -246,8 +246,8 @@ def check_group_options(argv: list[str]) -> None:
         value = override.value()
         values = value.list if isinstance(value, ChoiceSweep) else [value]
         if None in values:  # Hydra's own error is a traceback ("must be a string or a list. Got NoneType")
-            _error(f"{group}=null names no preset, and Hydra cannot take it from the command line: leave {group}= out "
-                   f"of the command, and {group} takes its default from conf/config.yaml")
+            _error(f"{group}=null names no preset, and Hydra takes no null for a group: leave {group}= out of the "
+                   f"command (its default applies), or give ~{group} to drop the group from the defaults")
             sys.exit(EXIT_BAD_INPUT)
         if not all(isinstance(v, str) for v in values):  # a list of configs, or a sweep Hydra expands itself
             continue
