@@ -455,6 +455,14 @@ def check_launcher(config: DictConfig) -> None:
     if "joblib" in launcher and isinstance(n_jobs, int) and n_jobs == 0:
         raise ValueError("hydra.launcher.n_jobs=0 runs nothing: give the number of parallel jobs, or -1 for one "
                          "per core")
+    if "joblib" in launcher:
+        backend, prefer = config.hydra.launcher.get("backend"), config.hydra.launcher.get("prefer")
+        if backend not in (None, "loky"):
+            raise ValueError(f"hydra.launcher.backend={backend}: Hydra's joblib launcher always runs its jobs in "
+                             f"loky worker processes (it sets the backend itself, whatever is given); leave the key "
+                             f"out, or use the basic launcher to run the jobs one after another in this process")
+        if prefer not in (None, "processes", "threads"):
+            raise ValueError(f"hydra.launcher.prefer={prefer} is none of joblib's hints: processes, threads, null")
     if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
         raise ValueError("hydra/launcher=slurm submits jobs with SLURM, but this machine has no `srun` on its PATH: "
                          "run the sweep from a SLURM login node, or use hydra/launcher=joblib (parallel jobs here) "

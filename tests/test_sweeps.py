@@ -371,6 +371,10 @@ def test_an_interrupted_seed_of_a_several_seed_job_names_its_own_directory(tmp_p
     (["-m", "--cfg", "hydra", "seed=0,1", *TINY_DQN], "--multirun and --cfg cannot be given together"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1", *TINY_DQN],
      "hydra.launcher.n_jobs=0 runs nothing"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.backend=threading", "seed=0,1", *TINY_DQN],
+     "hydra.launcher.backend=threading: Hydra's joblib launcher always runs its jobs in loky"),  # was ignored
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.prefer=bogus", "seed=0,1", *TINY_DQN],
+     "hydra.launcher.prefer=bogus is none of joblib's hints"),
     (["-m", "objective.seeds=0", "seed=0,1", *TINY_DQN], "objective.seeds must be at least 1, got 0"),
     (["-m", "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=0", *TINY_PPO],
      "hydra.sweeper.n_trials must be at least 1, got 0"),
