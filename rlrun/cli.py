@@ -158,7 +158,7 @@ def interrupted_message(exc: Any, run_dir: Path) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlrun.run import NonFiniteError, RunInterrupted
-    from rlrun.sweep import check_direction, objective_value, train_seeds
+    from rlrun.sweep import check_direction, objective_value, sweep_stopping, train_seeds
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -167,6 +167,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     def train_job(run_cfg: DictConfig, directory: Path) -> dict[str, Any]:
         return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg))
 
+    if multirun and sweep_stopping(hydra_cfg):
+        raise JobFailed("rlrun error: not started: a Ctrl-C is stopping the sweep")
     try:
         check_group_choices(hydra_cfg.runtime.choices)
         if multirun:

@@ -15,11 +15,11 @@ import sys
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
-def interrupted(prog: str, detail: str) -> None:
-    """One line on stderr, exit 130 (the shell's code for SIGINT). Plain stderr: nothing here may take long to
-    import."""
+def interrupted(prog: str, detail: str, status: int = EXIT_INTERRUPTED) -> None:
+    """One line on stderr, exit 130 (the shell's code for SIGINT) or the given status. Plain stderr: nothing here
+    may take long to import."""
     sys.stderr.write(f"{prog}: interrupted {detail}\n")
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(status)
 
 
 def _guarded(prog: str, module: str, function: str, detail: str) -> None:
@@ -27,19 +27,33 @@ def _guarded(prog: str, module: str, function: str, detail: str) -> None:
         command = getattr(importlib.import_module(module), function)
         command()
     except KeyboardInterrupt:
-        interrupted(prog, _sweep_detail() or detail)
+        graceful = getattr(getattr(sys.modules.get("rlrun.sweep"), "SweepCallback", None), "graceful_stop", None)
+        signum = getattr(graceful, "signum", None) or signal.SIGINT  # a parallel sweep stopped by SIGTERM: 143
+        interrupted(prog, _end_of_sweep() or detail, 128 + signum)
 
 
-def _sweep_detail() -> str | None:
+def _end_of_sweep() -> str | None:
     """What a Ctrl-C that reaches a sweep's own process says, once the sweep has begun (rlrun/sweep.py notes its
-    directory): a parallel launcher (joblib) may stop its jobs before they finish writing."""
+    directory, and for a parallel sweep which of its runs did not write summary.json before it stopped). A parallel
+    sweep's workers are gone by now (joblib stopped them on the KeyboardInterrupt): its stop marker is removed."""
     sweep = sys.modules.get("rlrun.sweep")
-    sweep_dir = getattr(getattr(sweep, "SweepCallback", None), "running_sweep_dir", None)
+    callback = getattr(sweep, "SweepCallback", None)
+    sweep_dir = getattr(callback, "running_sweep_dir", None)
     if sweep_dir is None:
         return None
-    return (f"during the sweep in {sweep_dir}; its jobs' last checkpoints are kept, but jobs that a parallel launcher "
-            f"stopped may lack summary.json. Run the same command with resume=auto and the same hydra.sweep.dir "
-            f"to continue them")
+    resume = "Run the same command with resume=auto and the same hydra.sweep.dir to continue them"
+    graceful = getattr(callback, "graceful_stop", None)
+    if graceful is not None:
+        graceful.uninstall()
+    if graceful is None or graceful.signum is None:  # not a parallel sweep's handler's stop
+        return (f"during the sweep in {sweep_dir}; its jobs' last checkpoints are kept, but a job stopped by its "
+                f"launcher may lack summary.json. {resume}")
+    if graceful.unfinished:
+        names = ", ".join(str(run.relative_to(sweep_dir)) for run in graceful.unfinished)
+        return (f"during the sweep in {sweep_dir}; these runs were stopped before they wrote summary.json: {names} "
+                f"(their last checkpoints are kept). {resume}")
+    return (f"during the sweep in {sweep_dir}; its running jobs checkpointed and wrote summary.json (status "
+            f"interrupted), and jobs not yet started did not run. {resume}")
 
 
 def rlrun() -> None:

@@ -18,8 +18,10 @@ import io
 import json
 import math
 import shutil
+import signal
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,6 +484,94 @@ def make_output_dir(path: Path, key: str) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+STOP_MARKER = ".interrupted"
+"""A file in the sweep dir while a parallel sweep stops on Ctrl-C: jobs that start after it see it and do not train."""
+
+
+def runs_in_progress(sweep_dir: Path) -> list[Path]:
+    """Run dirs of the sweep (jobs, or a job's seed dirs) that began training (evaluations.csv) and have not
+    written summary.json yet."""
+    return [run for pattern in ("*/evaluations.csv", "*/*/evaluations.csv") for run in
+            (csv_path.parent for csv_path in sweep_dir.glob(pattern)) if not (run / "summary.json").exists()]
+
+
+def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
+    """A job's sweep dir, from its `hydra` config: its own dir that many levels up as the subdir has parts
+    (re-resolving hydra.sweep.dir in a launcher's worker process could give another `${now:}` time)."""
+    job_dir = Path(str(hydra_cfg.runtime.output_dir))
+    depth = len(Path(str(hydra_cfg.sweep.subdir)).parts)
+    return job_dir.parents[depth - 1] if 0 < depth <= len(job_dir.parents) else job_dir.parent
+
+
+class GracefulSweepStop:
+    """A Ctrl-C (or SIGTERM) in the parent of a parallel (joblib) sweep: let the running jobs finish stopping, then stop.
+
+    A terminal's Ctrl-C reaches the sweep's process and its workers alike, as SLURM's or docker's SIGTERM does. Each
+    running job then checkpoints and writes summary.json (status interrupted), which takes a moment; but joblib, on
+    the KeyboardInterrupt in the parent, kills its workers at once, and those jobs used to be left without either
+    (their last checkpoint was the one before, or none); a SIGTERM ended the parent at once and left the workers
+    behind, idle. This handler runs in the parent instead: it writes STOP_MARKER (jobs that start now end at once,
+    untrained), waits until every run that began training has written its summary (at most `timeout_s`; a second
+    signal stops the wait), then raises KeyboardInterrupt, on which joblib stops its workers; rlrun/entry.py then
+    exits with 128 + `signum`.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, sweep_dir: Path, timeout_s: float = 120.0):
+        self.sweep_dir = sweep_dir
+        self.timeout_s = timeout_s
+        self.signum: int | None = None
+        """The signal that stopped the sweep, once one has."""
+        self.unfinished: list[Path] = []
+        """Runs that had not written summary.json when the wait ended."""
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        try:
+            (self.sweep_dir / STOP_MARKER).unlink(missing_ok=True)  # left by an earlier interrupted sweep
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self.handler)
+        except (OSError, ValueError):  # not the main thread: Hydra's own handling stays
+            self.uninstall()
+
+    def uninstall(self) -> None:
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
+        try:
+            (self.sweep_dir / STOP_MARKER).unlink(missing_ok=True)
+        except OSError:  # the sweep dir is gone or unwritable: no job will read the marker there either
+            pass
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second signal interrupts the wait
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            (self.sweep_dir / STOP_MARKER).touch()
+        except OSError:
+            pass
+        deadline = time.monotonic() + self.timeout_s
+        running = runs_in_progress(self.sweep_dir)
+        if running:
+            print(f"rlrun: {signal.Signals(signum).name}: waiting for {len(running)} running job(s) to checkpoint "
+                  f"and write summary.json (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        try:
+            while running and time.monotonic() < deadline:
+                time.sleep(0.2)
+                running = runs_in_progress(self.sweep_dir)
+        finally:
+            self.unfinished = running
+        raise KeyboardInterrupt
+
+
+def sweep_stopping(hydra_cfg: DictConfig) -> bool:
+    """Whether this multirun job (its `hydra` config) starts after a Ctrl-C stopped its parallel sweep
+    (GracefulSweepStop)."""
+    return (job_sweep_dir(hydra_cfg) / STOP_MARKER).exists()
+
+
 class SweepCallback(Callback):
     """Registered under hydra.callbacks in conf/config.yaml for every run and multirun.
 
@@ -495,6 +585,8 @@ class SweepCallback(Callback):
     running_sweep_dir: Path | None = None
     """The sweep dir once a multirun began in this process (one per process): read again at its end, and by
     rlrun/entry.py to say what a Ctrl-C interrupted."""
+    graceful_stop: GracefulSweepStop | None = None
+    """A parallel sweep's Ctrl-C handler in its own process (read by rlrun/entry.py too)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra makes the run dir before rlrun's code runs, and a path it cannot make (an existing file, a
@@ -523,19 +615,20 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         make_output_dir(sweep_dir, "hydra.sweep.dir")
         SweepCallback.running_sweep_dir = sweep_dir
+        if "joblib" in str(config.hydra.launcher.get("_target_", "")):
+            SweepCallback.graceful_stop = GracefulSweepStop(sweep_dir)
+            SweepCallback.graceful_stop.install()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        # The job's own directory is resolved; the sweep dir is that many levels up as the subdir has parts
-        # (re-resolving hydra.sweep.dir in a launcher's worker process could give another ${now:} time).
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        job_dir = Path(str(config.hydra.runtime.output_dir))
-        depth = len(Path(str(config.hydra.sweep.subdir)).parts)
-        sweep_dir = job_dir.parents[depth - 1] if 0 < depth <= len(job_dir.parents) else job_dir.parent
+        sweep_dir = job_sweep_dir(config.hydra)
         if sweep_dir.is_dir():
             summarize_sweep(sweep_dir, quiet=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if SweepCallback.graceful_stop is not None:
+            SweepCallback.graceful_stop.uninstall()
         sweep_dir = SweepCallback.running_sweep_dir or Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir() and summarize_sweep(sweep_dir) is None:
             print_line(f"Sweep summary: no finished run under {sweep_dir}")

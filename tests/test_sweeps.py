@@ -8,15 +8,28 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import BIN, REPO, read_summary
 
-from rlrun.sweep import check_direction, find_runs, group_runs, objective_value, summarize
+from rlrun.sweep import (
+    STOP_MARKER,
+    GracefulSweepStop,
+    check_direction,
+    find_runs,
+    group_runs,
+    objective_value,
+    runs_in_progress,
+    summarize,
+)
 
 # DQN on CartPole for a few hundred steps: seconds per job, enough to write every file a run writes.
 TINY_DQN = ["env=cartpole", "total_steps=300", "eval.every_steps=150", "eval.episodes=1",
@@ -416,3 +429,63 @@ def test_fail_running_trials_marks_only_this_searchs_unfinished_trials(tmp_path)
     assert states == {earlier.number: "RUNNING", done.number: "COMPLETE", unfinished.number: "FAIL"}
     assert fail_running_trials(SimpleNamespace(storage=None, study_name="s"), since) == 0  # in memory: gone
     assert fail_running_trials(SimpleNamespace(storage="sqlite:////proc/no/db", study_name="s"), since) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(tmp_path, signum):
+    """A terminal's Ctrl-C (SLURM's or docker's SIGTERM) reaches the sweep's process and its joblib workers alike.
+    The running jobs checkpoint and write summary.json (status interrupted) before the sweep's process stops them
+    (on SIGINT joblib used to kill them at once: no summary, and no checkpoint at all with the default
+    checkpoint.every_steps=0; on SIGTERM the sweep's process died at once, leaving its workers), and queued jobs do
+    not run."""
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", "algo=dqn", "env=cartpole", "seed=0,1,2,3",
+                             "total_steps=1000000", "eval.every_steps=0", "log.tensorboard=false", "log.progress=none"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(sweep_dir.glob("*/evaluations.csv"))) < 2:  # both workers train
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signum)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signum and "Traceback" not in output, output
+    assert "its running jobs checkpointed and wrote summary.json" in output, output
+    started = sorted(path.parent for path in sweep_dir.glob("*/evaluations.csv"))
+    assert [job.name[0] for job in started] == ["0", "1"]  # jobs 2 and 3 never trained
+    for job in started:
+        summary = read_summary(job)
+        assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
+        torch.load(job / "checkpoints" / "last.pt", weights_only=True)
+    assert not (sweep_dir / STOP_MARKER).exists()  # not left for the sweep's resume=auto
+
+
+def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
+    """GracefulSweepStop's handler, without a sweep: it marks the sweep, waits for a run that began training to
+    write summary.json, and says which runs it gave up on at its time limit."""
+    done, running, seeded = tmp_path / "0_a", tmp_path / "1_b", tmp_path / "2_c" / "seed1"
+    for run in (done, running, seeded):
+        run.mkdir(parents=True)
+        (run / "evaluations.csv").write_text("step\n")
+    (done / "summary.json").write_text("{}")
+    (tmp_path / "3_d").mkdir()  # a job that has not begun training is not waited for
+    assert sorted(runs_in_progress(tmp_path)) == [running, seeded]
+    threading.Timer(0.5, lambda: [(run / "summary.json").write_text("{}") for run in (running, seeded)]).start()
+    stop = GracefulSweepStop(tmp_path, timeout_s=60)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            stop.handler(signal.SIGINT, None)
+        assert 0.4 < time.monotonic() - started < 30 and stop.unfinished == []
+        assert (tmp_path / STOP_MARKER).exists()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C stops the wait
+        (running / "summary.json").unlink()
+        stop = GracefulSweepStop(tmp_path, timeout_s=0.3)
+        with pytest.raises(KeyboardInterrupt):
+            stop.handler(signal.SIGINT, None)
+        assert stop.unfinished == [running]
+    finally:
+        signal.signal(signal.SIGINT, previous)
