@@ -14,7 +14,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -78,13 +78,15 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return (ValueError, CheckpointError, EnvError, OmegaConfBaseException)
 
 
-def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None = None,
+          stop_file: Path | None = None) -> dict[str, Any]:
     """Compose → typed config → Run.train(); returns the summary. `on_accepted` is called once the run is built
-    (its checks passed: nothing refused it), before it trains."""
+    (its checks passed: nothing refused it), before it trains; `stop_file` is Run.stop_file."""
     from rlrun.run import Run
 
     typed = to_typed_config(cfg)
     run = Run(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    run.stop_file = stop_file
     if on_accepted is not None:
         on_accepted()
     return run.train()
@@ -158,16 +160,18 @@ def interrupted_message(exc: Any, run_dir: Path) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlrun.run import NonFiniteError, RunInterrupted
-    from rlrun.sweep import check_direction, objective_value, sweep_stopping, train_seeds
+    from rlrun.sweep import STOP_MARKER, check_direction, job_sweep_dir, objective_value, train_seeds
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
 
-    def train_job(run_cfg: DictConfig, directory: Path) -> dict[str, Any]:
-        return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg))
+    stop_file = job_sweep_dir(hydra_cfg) / STOP_MARKER if multirun else None
 
-    if multirun and sweep_stopping(hydra_cfg):
+    def train_job(run_cfg: DictConfig, directory: Path) -> dict[str, Any]:
+        return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg), stop_file=stop_file)
+
+    if stop_file is not None and stop_file.exists():
         raise JobFailed("rlrun error: not started: a Ctrl-C is stopping the sweep")
     try:
         check_group_choices(hydra_cfg.runtime.choices)
@@ -205,37 +209,44 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """`rlrun` (through rlrun/entry.py, whose guard turns a Ctrl-C before training began into one line)."""
-    check_hydra_flags(sys.argv[1:])
-    check_group_options(sys.argv[1:])
-    if not {"--help", "-h"} & set(sys.argv[1:]):
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])  # as Hydra reads them (`--hel` is `--help`)
+    check_hydra_flags(args)
+    check_group_options(args)
+    if not args.help:
         _hydra_main()
         return
     help_text = io.StringIO()
     try:
         with contextlib.redirect_stdout(help_text):
             _hydra_main()
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:  # Hydra's help raises them as tracebacks
+        _error(f"rlrun --help with these overrides: {_one_paragraph(exc)}")
+        sys.exit(EXIT_BAD_INPUT)
     finally:
         print(without_schema_options(help_text.getvalue()), end="")
 
 
 GROUPS = ("algo", "env", "network", "transfer", "experiment", "hparams_search", "tuned")
+OPTIONAL_GROUPS = ("experiment", "hparams_search", "tuned")
+"""Groups whose default is no preset: `~group` leaves them out."""
 
 
-def check_group_options(argv: list[str]) -> None:
+def check_group_options(args: argparse.Namespace) -> None:
     """`algo=nope` (or one value of a sweep `algo=dqn,nope`) in one line naming the group's presets and the closest
     one, exit status 2, before Hydra composes anything: Hydra's own error lists the `base_*` schemas among the
-    options and, under `--help`, is a traceback. Left to Hydra: overrides it cannot parse, sweeps it expands
-    itself (`glob(…)`, ranges), and commands that add config directories (`hydra.searchpath`, `--config-dir`),
-    where a preset may live outside conf/."""
+    options and, under `--help`, is a traceback (`tuned=nope` it ignored). `args` are Hydra's parsed command line.
+    Left to Hydra: overrides it cannot parse, sweeps it expands itself (`glob(…)`, ranges), and commands that read
+    other config directories (`--config-path`, `--config-dir`, `hydra.searchpath`), where a preset may live
+    outside conf/."""
     from difflib import get_close_matches
 
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
 
-    args, _ = get_args_parser().parse_known_args(argv)
-    if args.config_dir is not None or any(o.lstrip("+~").startswith("hydra.searchpath") for o in args.overrides):
+    if (args.config_dir is not None or args.config_path is not None
+            or any(o.lstrip("+~").startswith("hydra.searchpath") for o in args.overrides)):
         return
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
@@ -247,18 +258,21 @@ def check_group_options(argv: list[str]) -> None:
             continue
         value = override.value()
         values = value.list if isinstance(value, ChoiceSweep) else [value]
+        leave_out = (f"or give ~{group} to leave the group out" if group in OPTIONAL_GROUPS
+                     else "its default applies")
         if None in values:  # Hydra's own error is a traceback ("must be a string or a list. Got NoneType")
             _error(f"{group}=null names no preset, and Hydra takes no null for a group: leave {group}= out of the "
-                   f"command (its default applies), or give ~{group} to drop the group from the defaults")
+                   f"command ({leave_out})")
             sys.exit(EXIT_BAD_INPUT)
-        if not all(isinstance(v, str) for v in values):  # a list of configs, or a sweep Hydra expands itself
+        if not all(isinstance(v, (str, int, float)) for v in values):  # configs in a list, a sweep Hydra expands
             continue
         presets = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
-        for option in values:
+        for option in map(str, values):  # algo=1 or algo=true: Hydra's traceback
             if option not in presets and not option.startswith("base_"):  # base_*: check_group_choices says why
                 close = get_close_matches(option, presets, n=1, cutoff=0.6)
                 hint = f" (did you mean {group}={close[0]}?)" if close else ""
-                _error(f"{group}={option} is not one of rlrun's {group} presets{hint}: {', '.join(presets)}.")
+                tail = f"; ~{group} leaves the group out" if group in OPTIONAL_GROUPS else ""
+                _error(f"{group}={option} is not one of rlrun's {group} presets{hint}: {', '.join(presets)}{tail}.")
                 sys.exit(EXIT_BAD_INPUT)
 
 
@@ -278,12 +292,9 @@ def without_schema_options(help_text: str) -> str:
     return "".join(lines)
 
 
-def check_hydra_flags(argv: list[str]) -> None:
+def check_hydra_flags(args: argparse.Namespace) -> None:
     """Hydra's own check of its flags raises from inside Hydra (a traceback): `-m` with `--cfg`, say. The same
-    check, with Hydra's parser, as one line and exit status 2."""
-    from hydra._internal.utils import get_args_parser
-
-    args, _ = get_args_parser().parse_known_args(argv)
+    check, on Hydra's parsed command line, as one line and exit status 2."""
     given = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
                                    ("--shell-completion", args.shell_completion), ("--info", args.info is not None))
              if on]

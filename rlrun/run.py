@@ -334,6 +334,10 @@ class Run:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = RunState()
         self._stop_signal: int | None = None
+        self.stop_file: Path | None = None
+        """A file whose appearance stops the run as its signal would (a parallel sweep's stop marker, set by
+        rlrun/cli.py for multirun jobs: rlrun/sweep.py GracefulSweepStop). It holds the signal's name."""
+        self._next_stop_check = 0.0
         self.resume_changes: list[str] = []  # RESUME_MAY_CHANGE settings a resume changed (reported)
         self._best_payload: dict[str, Any] | None = None  # what best.pt holds (a copy also goes into last.pt)
 
@@ -502,6 +506,8 @@ class Run:
                 self.progress.update(step)
                 if status == "stopped":
                     break
+                if self._stop_signal is None and self.stop_file is not None:
+                    self._check_stop_file()
                 if self._stop_signal is not None:
                     status = "interrupted"
                     break
@@ -638,12 +644,27 @@ class Run:
         set_rng_states(run_state["rng"])
 
     # -- signals, summary ----------------------------------------------------------------------------------
+    def _request_stop(self, signum: int) -> None:
+        self._stop_signal = signum
+        self.progress.message(f"{signal.Signals(signum).name}: checkpointing and stopping…")
+
+    def _check_stop_file(self) -> None:
+        """Stop as on the signal named in `stop_file`, once it exists (looked for at most once a second)."""
+        now = time.monotonic()
+        if now < self._next_stop_check:
+            return
+        self._next_stop_check = now + 1.0
+        try:
+            name = self.stop_file.read_text().strip()
+        except OSError:
+            return
+        self._request_stop(getattr(signal.Signals, name, signal.SIGINT))
+
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum, _frame):
             if self._stop_signal is not None:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            self._stop_signal = signum
-            self.progress.message(f"{signal.Signals(signum).name}: checkpointing and stopping…")
+            self._request_stop(signum)
 
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):

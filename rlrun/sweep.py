@@ -458,13 +458,16 @@ def check_launcher(config: DictConfig) -> None:
         raise ValueError("hydra.launcher.n_jobs=0 runs nothing: give the number of parallel jobs, or -1 for one "
                          "per core")
     if "joblib" in launcher:
-        backend, prefer = config.hydra.launcher.get("backend"), config.hydra.launcher.get("prefer")
-        if backend not in (None, "loky"):
-            raise ValueError(f"hydra.launcher.backend={backend}: Hydra's joblib launcher always runs its jobs in "
-                             f"loky worker processes (it sets the backend itself, whatever is given); leave the key "
-                             f"out, or use the basic launcher to run the jobs one after another in this process")
-        if prefer not in (None, "processes", "threads"):
-            raise ValueError(f"hydra.launcher.prefer={prefer} is none of joblib's hints: processes, threads, null")
+        # Hydra's joblib launcher sets backend=loky itself, whatever is given: settings that ask for threads or
+        # another backend were ignored (prefer=threads), or failed inside joblib with a traceback (require=sharedmem).
+        ignored = [f"{key}={value}" for key, value, accepted in (
+            ("backend", config.hydra.launcher.get("backend"), (None, "loky")),
+            ("prefer", config.hydra.launcher.get("prefer"), (None, "processes")),
+            ("require", config.hydra.launcher.get("require"), (None,))) if value not in accepted]
+        if ignored:
+            raise ValueError(f"hydra.launcher.{', '.join(ignored)}: Hydra's joblib launcher always runs its jobs in "
+                             f"loky worker processes (it sets the backend itself); leave the key out, or use the "
+                             f"basic launcher to run the jobs one after another in this process")
     if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:
         raise ValueError("hydra/launcher=slurm submits jobs with SLURM, but this machine has no `srun` on its PATH: "
                          "run the sweep from a SLURM login node, or use hydra/launcher=joblib (parallel jobs here) "
@@ -485,14 +488,27 @@ def make_output_dir(path: Path, key: str) -> None:
 
 
 STOP_MARKER = ".interrupted"
-"""A file in the sweep dir while a parallel sweep stops on Ctrl-C: jobs that start after it see it and do not train."""
+"""A file in the sweep dir, holding a signal's name, while a parallel sweep stops (GracefulSweepStop): jobs that start
+after it do not train, and running ones stop as on that signal (Run.stop_file)."""
 
 
-def runs_in_progress(sweep_dir: Path) -> list[Path]:
-    """Run dirs of the sweep (jobs, or a job's seed dirs) that began training (evaluations.csv) and have not
-    written summary.json yet."""
-    return [run for pattern in ("*/evaluations.csv", "*/*/evaluations.csv") for run in
-            (csv_path.parent for csv_path in sweep_dir.glob(pattern)) if not (run / "summary.json").exists()]
+def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
+    """Run dirs of the sweep (jobs, or a job's seed dirs) whose training session began at `since` or later and has
+    not written its summary.json: each session (re)writes evaluations.csv as it starts (a resumed one truncates it
+    and touches it) and writes summary.json last, so a summary older than evaluations.csv is a former session's.
+    Runs last touched before `since` belong to no job of this sweep (an earlier sweep's run that was killed)."""
+    running = []
+    for csv_path in (*sweep_dir.glob("*/evaluations.csv"), *sweep_dir.glob("*/*/evaluations.csv")):
+        try:
+            started = csv_path.stat().st_mtime
+            if started < since - 1.0:  # file times come from a coarser clock than time.time()
+                continue
+            summary = csv_path.parent / "summary.json"
+            if not summary.exists() or summary.stat().st_mtime < started:
+                running.append(csv_path.parent)
+        except OSError:  # removed meanwhile
+            continue
+    return running
 
 
 def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
@@ -504,16 +520,17 @@ def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
 
 
 class GracefulSweepStop:
-    """A Ctrl-C (or SIGTERM) in the parent of a parallel (joblib) sweep: let the running jobs finish stopping, then stop.
+    """SIGINT or SIGTERM in the parent of a parallel (joblib) sweep: let the running jobs finish stopping, then stop.
 
-    A terminal's Ctrl-C reaches the sweep's process and its workers alike, as SLURM's or docker's SIGTERM does. Each
-    running job then checkpoints and writes summary.json (status interrupted), which takes a moment; but joblib, on
-    the KeyboardInterrupt in the parent, kills its workers at once, and those jobs used to be left without either
-    (their last checkpoint was the one before, or none); a SIGTERM ended the parent at once and left the workers
-    behind, idle. This handler runs in the parent instead: it writes STOP_MARKER (jobs that start now end at once,
-    untrained), waits until every run that began training has written its summary (at most `timeout_s`; a second
-    signal stops the wait), then raises KeyboardInterrupt, on which joblib stops its workers; rlrun/entry.py then
-    exits with 128 + `signum`.
+    A terminal's Ctrl-C reaches the sweep's process and its workers alike. Each running job then checkpoints and
+    writes summary.json (status interrupted), which takes a moment; but joblib, on the KeyboardInterrupt in the
+    parent, kills its workers at once, and those jobs used to be left without either (their last checkpoint was
+    the one before, or none); a SIGTERM ended the parent at once and left its workers behind. This handler runs in
+    the parent instead: it writes STOP_MARKER with the signal's name (jobs that start now end at once, untrained;
+    running jobs that did not get the signal themselves, as when only this process was signalled, stop as on it
+    within a second: Run.stop_file), waits until every run this sweep began has written its summary (at most
+    `timeout_s`; a second signal stops the wait), then raises KeyboardInterrupt, on which joblib stops its workers;
+    rlrun/entry.py then exits with 128 + `signum`.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -521,6 +538,8 @@ class GracefulSweepStop:
     def __init__(self, sweep_dir: Path, timeout_s: float = 120.0):
         self.sweep_dir = sweep_dir
         self.timeout_s = timeout_s
+        self.since = time.time()
+        """When the sweep began: runs untouched since are not its own."""
         self.signum: int | None = None
         """The signal that stopped the sweep, once one has."""
         self.unfinished: list[Path] = []
@@ -529,47 +548,45 @@ class GracefulSweepStop:
 
     def install(self) -> None:
         try:
-            (self.sweep_dir / STOP_MARKER).unlink(missing_ok=True)  # left by an earlier interrupted sweep
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self.handler)
-        except (OSError, ValueError):  # not the main thread: Hydra's own handling stays
+        except ValueError:  # not the main thread: Hydra's own handling stays
             self.uninstall()
 
     def uninstall(self) -> None:
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
         self.previous = {}
-        try:
-            (self.sweep_dir / STOP_MARKER).unlink(missing_ok=True)
-        except OSError:  # the sweep dir is gone or unwritable: no job will read the marker there either
-            pass
+        clear_stop_marker(self.sweep_dir)
 
     def handler(self, signum: int, frame: Any) -> None:
         self.signum = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second signal interrupts the wait
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
-            (self.sweep_dir / STOP_MARKER).touch()
+            (self.sweep_dir / STOP_MARKER).write_text(signal.Signals(signum).name)
         except OSError:
             pass
         deadline = time.monotonic() + self.timeout_s
-        running = runs_in_progress(self.sweep_dir)
+        running = runs_in_progress(self.sweep_dir, self.since)
         if running:
             print(f"rlrun: {signal.Signals(signum).name}: waiting for {len(running)} running job(s) to checkpoint "
                   f"and write summary.json (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
         try:
             while running and time.monotonic() < deadline:
                 time.sleep(0.2)
-                running = runs_in_progress(self.sweep_dir)
+                running = runs_in_progress(self.sweep_dir, self.since)
         finally:
             self.unfinished = running
         raise KeyboardInterrupt
 
 
-def sweep_stopping(hydra_cfg: DictConfig) -> bool:
-    """Whether this multirun job (its `hydra` config) starts after a Ctrl-C stopped its parallel sweep
-    (GracefulSweepStop)."""
-    return (job_sweep_dir(hydra_cfg) / STOP_MARKER).exists()
+def clear_stop_marker(sweep_dir: Path) -> None:
+    """Remove a sweep's STOP_MARKER (at a sweep's end, and at its start: one that a killed sweep left behind)."""
+    try:
+        (sweep_dir / STOP_MARKER).unlink(missing_ok=True)
+    except OSError:  # the sweep dir is gone or unwritable: no job will read the marker there either
+        pass
 
 
 class SweepCallback(Callback):
@@ -615,6 +632,7 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         make_output_dir(sweep_dir, "hydra.sweep.dir")
         SweepCallback.running_sweep_dir = sweep_dir
+        clear_stop_marker(sweep_dir)
         if "joblib" in str(config.hydra.launcher.get("_target_", "")):
             SweepCallback.graceful_stop = GracefulSweepStop(sweep_dir)
             SweepCallback.graceful_stop.install()

@@ -192,6 +192,9 @@ def test_bad_input_gives_a_clear_error(tmp_path, overrides, needles, status):
 @pytest.mark.parametrize("args, needle", [
     (["--help", "env=lunarlandr"], "did you mean env=lunarlander?"),  # was a traceback under --help
     (["-m", "algo=dqn,ppoo"], "algo=ppoo is not one of rlrun's algo presets (did you mean algo=ppo?)"),
+    (["--hel", "algo.nope=1"], "rlrun --help with these overrides: Could not override 'algo.nope'"),  # a traceback
+    (["--cfg", "job", "tuned=ppo_cartpol"], "(did you mean tuned=ppo_cartpole?)"),  # Hydra ignored it
+    (["--cfg", "job", "algo=1"], "algo=1 is not one of rlrun's algo presets"),  # Hydra's traceback
 ])
 def test_an_unknown_option_is_refused_under_help_and_in_a_sweep(tmp_path, args, needle):
     proc = subprocess.run([str(BIN / "rlrun"), *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True,
@@ -411,6 +414,21 @@ def test_help_lists_the_presets_to_choose_not_the_schemas_they_build_on(tmp_path
     assert "lunarlander" in groups["env"].split(", ") and "base_env" not in groups["env"]
     assert "base_" not in proc.stdout.split("== Config ==")[0]
     assert "total_steps:" in proc.stdout.split("== Config ==")[1]  # the composed config still follows
+
+
+def test_presets_in_another_config_dir_are_left_to_hydra(tmp_path):
+    """With --config-path (-cp) or --config-dir the groups may hold presets conf/ lacks: no refusal before Hydra."""
+    import shutil
+
+    from rlrun import CONF_DIR
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "algo" / "my_dqn.yaml").write_text((conf / "algo" / "dqn.yaml").read_text())
+    for flag in ("-cp", "-cd"):
+        proc = subprocess.run([str(BIN / "rlrun"), "--cfg", "job", flag, str(conf), "algo=my_dqn"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0 and "name: dqn" in proc.stdout, proc.stderr
 
 
 def test_without_schema_options_keeps_every_other_line():

@@ -386,8 +386,8 @@ def test_an_interrupted_seed_of_a_several_seed_job_names_its_own_directory(tmp_p
      "hydra.launcher.n_jobs=0 runs nothing"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.backend=threading", "seed=0,1", *TINY_DQN],
      "hydra.launcher.backend=threading: Hydra's joblib launcher always runs its jobs in loky"),  # was ignored
-    (["-m", "hydra/launcher=joblib", "hydra.launcher.prefer=bogus", "seed=0,1", *TINY_DQN],
-     "hydra.launcher.prefer=bogus is none of joblib's hints"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.prefer=threads", "hydra.launcher.require=sharedmem",
+      "seed=0,1", *TINY_DQN], "hydra.launcher.prefer=threads, require=sharedmem: "),  # ignored; a traceback
     (["-m", "objective.seeds=0", "seed=0,1", *TINY_DQN], "objective.seeds must be at least 1, got 0"),
     (["-m", "hparams_search=ppo_cartpole", "hydra.sweeper.n_trials=0", *TINY_PPO],
      "hydra.sweeper.n_trials must be at least 1, got 0"),
@@ -431,61 +431,93 @@ def test_fail_running_trials_marks_only_this_searchs_unfinished_trials(tmp_path)
     assert fail_running_trials(SimpleNamespace(storage="sqlite:////proc/no/db", study_name="s"), since) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(tmp_path, signum):
-    """A terminal's Ctrl-C (SLURM's or docker's SIGTERM) reaches the sweep's process and its joblib workers alike.
-    The running jobs checkpoint and write summary.json (status interrupted) before the sweep's process stops them
-    (on SIGINT joblib used to kill them at once: no summary, and no checkpoint at all with the default
-    checkpoint.every_steps=0; on SIGTERM the sweep's process died at once, leaving its workers), and queued jobs do
-    not run."""
-    sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib",
+def _start_joblib_sweep(sweep_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib",
                              "hydra.launcher.n_jobs=2", "algo=dqn", "env=cartpole", "seed=0,1,2,3",
-                             "total_steps=1000000", "eval.every_steps=0", "log.tensorboard=false", "log.progress=none"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             "total_steps=1000000", "eval.every_steps=0", "log.tensorboard=false", "log.progress=none",
+                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+
+
+def _wait_until(proc: subprocess.Popen, condition) -> None:
     deadline = time.monotonic() + 240
-    while len(list(sweep_dir.glob("*/evaluations.csv"))) < 2:  # both workers train
+    while not condition():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.05)
+
+
+def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(tmp_path):
+    """A terminal's Ctrl-C reaches the sweep's process and its joblib workers alike: the running jobs checkpoint and
+    write summary.json (status interrupted) before the sweep's process stops them (joblib used to kill them at once:
+    no summary, and no checkpoint at all with the default checkpoint.every_steps=0), and queued jobs do not run.
+    Continued with resume=auto, the jobs resume; a SIGTERM to the sweep's process alone (`kill PID`) then reaches
+    them through the sweep's stop marker, and the resumed sessions are waited for although their runs hold the
+    summary.json of the session before."""
+    sweep_dir = tmp_path / "sweep"
+    proc = _start_joblib_sweep(sweep_dir)
+    _wait_until(proc, lambda: len(list(sweep_dir.glob("*/evaluations.csv"))) == 2)  # both workers train
     time.sleep(1.0)
-    os.killpg(proc.pid, signum)
+    os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 128 + signum and "Traceback" not in output, output
+    assert proc.returncode == 130 and "Traceback" not in output, output
     assert "its running jobs checkpointed and wrote summary.json" in output, output
     started = sorted(path.parent for path in sweep_dir.glob("*/evaluations.csv"))
     assert [job.name[0] for job in started] == ["0", "1"]  # jobs 2 and 3 never trained
+    first = {}
     for job in started:
-        summary = read_summary(job)
+        first[job] = summary = read_summary(job)
         assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
         torch.load(job / "checkpoints" / "last.pt", weights_only=True)
     assert not (sweep_dir / STOP_MARKER).exists()  # not left for the sweep's resume=auto
 
+    proc = _start_joblib_sweep(sweep_dir, "resume=auto")
+    _wait_until(proc, lambda: all((job / "evaluations.csv").stat().st_mtime > (job / "summary.json").stat().st_mtime
+                                  for job in started))  # both sessions resumed
+    time.sleep(2.0)
+    os.kill(proc.pid, signal.SIGTERM)  # the sweep's process only
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143 and "Traceback" not in output, output
+    assert "its running jobs checkpointed and wrote summary.json" in output, output
+    for job in started:
+        summary = read_summary(job)
+        assert summary["status"] == "interrupted" and summary["resumed_from"] is not None
+        assert summary["checkpoint_step"] == summary["steps_done"] > first[job]["steps_done"]
+
 
 def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
-    """GracefulSweepStop's handler, without a sweep: it marks the sweep, waits for a run that began training to
-    write summary.json, and says which runs it gave up on at its time limit."""
-    done, running, seeded = tmp_path / "0_a", tmp_path / "1_b", tmp_path / "2_c" / "seed1"
-    for run in (done, running, seeded):
+    """GracefulSweepStop's handler, without a sweep: it marks the sweep with the signal's name, waits for the runs
+    this sweep began to write summary.json, and says which runs it gave up on at its time limit."""
+    stale, done, resumed, seeded = tmp_path / "0_a", tmp_path / "1_b", tmp_path / "2_c", tmp_path / "3_d" / "seed1"
+    for run in (stale, done, resumed, seeded):
         run.mkdir(parents=True)
         (run / "evaluations.csv").write_text("step\n")
-    (done / "summary.json").write_text("{}")
-    (tmp_path / "3_d").mkdir()  # a job that has not begun training is not waited for
-    assert sorted(runs_in_progress(tmp_path)) == [running, seeded]
-    threading.Timer(0.5, lambda: [(run / "summary.json").write_text("{}") for run in (running, seeded)]).start()
+        (run / "summary.json").write_text("{}")
+    (seeded / "summary.json").unlink()  # began, no summary yet
+    (tmp_path / "4_e").mkdir()  # a job that has not begun training is not waited for
+    an_hour_ago = time.time() - 3600
+    os.utime(stale / "evaluations.csv", (an_hour_ago, an_hour_ago))  # an earlier sweep's killed run
+    (stale / "summary.json").unlink()
+    os.utime(resumed / "summary.json", (an_hour_ago, an_hour_ago))  # the summary of the session before
     stop = GracefulSweepStop(tmp_path, timeout_s=60)
-    previous = signal.getsignal(signal.SIGINT)
+    stop.since -= 10  # the sweep began before its runs
+    assert sorted(runs_in_progress(tmp_path, stop.since)) == [resumed, seeded]
+    threading.Timer(0.5, lambda: [(run / "summary.json").write_text("{}") for run in (resumed, seeded)]).start()
+    previous = {signum: signal.getsignal(signum) for signum in GracefulSweepStop.SIGNALS}
     try:
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            stop.handler(signal.SIGINT, None)
-        assert 0.4 < time.monotonic() - started < 30 and stop.unfinished == []
-        assert (tmp_path / STOP_MARKER).exists()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C stops the wait
-        (running / "summary.json").unlink()
+            stop.handler(signal.SIGTERM, None)
+        assert 0.4 < time.monotonic() - started < 30 and stop.unfinished == [] and stop.signum == signal.SIGTERM
+        assert (tmp_path / STOP_MARKER).read_text() == "SIGTERM"  # running jobs stop as on it (Run.stop_file)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second signal stops the wait
+        (seeded / "summary.json").unlink()
         stop = GracefulSweepStop(tmp_path, timeout_s=0.3)
+        stop.since -= 10
         with pytest.raises(KeyboardInterrupt):
             stop.handler(signal.SIGINT, None)
-        assert stop.unfinished == [running]
+        assert stop.unfinished == [seeded]
+        stop.uninstall()
+        assert not (tmp_path / STOP_MARKER).exists()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
