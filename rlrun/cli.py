@@ -61,7 +61,8 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 def check_group_choices(choices: Any) -> None:
     """Refuse (ValueError) a `base_*` option: those are the typed schemas the presets build on (Hydra lists them
-    among a group's options, except in `rlrun --help`), and one picked on its own runs with no preset's or tuned config's values."""
+    among a group's options, except in `rlrun --help`), and one picked on its own runs with no preset's or tuned
+    config's values."""
     for group in ("algo", "env", "network", "transfer"):
         option = str(choices.get(group) or "")
         if option.startswith("base_"):

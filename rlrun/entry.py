@@ -49,10 +49,11 @@ def _end_of_sweep() -> str | None:
         return (f"during the sweep in {sweep_dir}; its jobs' last checkpoints are kept, but a job stopped by its "
                 f"launcher may lack summary.json. {resume}")
     if graceful.unfinished:
-        names = ", ".join(f"{run.relative_to(sweep_dir)} ("
-                          f"{'its last checkpoint is kept' if (run / 'checkpoints' / 'last.pt').exists() else 'no checkpoint'})"
+        kept = {True: "its last checkpoint is kept", False: "no checkpoint"}
+        names = ", ".join(f"{run.relative_to(sweep_dir)} ({kept[(run / 'checkpoints' / 'last.pt').exists()]})"
                           for run in graceful.unfinished)
-        return f"during the sweep in {sweep_dir}; these runs were stopped before they wrote summary.json: {names}. {resume}"
+        return (f"during the sweep in {sweep_dir}; these runs were stopped before they wrote summary.json: "
+                f"{names}. {resume}")
     return (f"during the sweep in {sweep_dir}; its running jobs checkpointed and wrote summary.json (status "
             f"interrupted), and jobs not yet started did not run. {resume}")
 

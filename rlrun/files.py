@@ -18,6 +18,9 @@ import numpy as np
 
 CSV_HEADER = "step,wall_time_s,return_mean,return_std,length_mean\n"
 CSV_COLUMNS = tuple(CSV_HEADER.strip().split(","))
+RUNNING_MARKER = ".running"
+"""In the run dir of a sweep's job while it trains, from before its first step until its summary.json is written:
+what a parallel sweep stopping on Ctrl-C waits for (rlrun/sweep.py runs_in_progress)."""
 
 
 class CheckpointError(RuntimeError):

@@ -92,7 +92,6 @@ class EvaluationsCsv:
         else:
             with open(path, "r+") as handle:
                 handle.truncate(resume_length)
-            os.utime(path)  # the session's start, for a sweep's Ctrl-C handler (rlrun/sweep.py runs_in_progress)
 
     def append(self, step: int, wall_time_s: float, return_mean: float, return_std: float,
                length_mean: float) -> None:

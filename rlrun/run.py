@@ -31,7 +31,7 @@ from rlrun.checkpoint import (
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, check_env_steps, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
-from rlrun.files import first_line, print_line
+from rlrun.files import RUNNING_MARKER, first_line, print_line
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
 from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
@@ -480,6 +480,7 @@ class Run:
         cfg, runner, agent = self.cfg, self.runner, self.agent
         status, error = ("stopped" if self._already_stopped() else "completed"), None
         previous_handlers = self._install_signal_handlers()
+        running = self._mark_running()
         try:
             while status != "stopped" and runner.global_step < cfg.total_steps:
                 metrics = agent.train_iteration(runner)
@@ -532,6 +533,8 @@ class Run:
             self.progress.update(runner.global_step, force=True)
             self.progress.close()
             summary = self.write_summary(status, error)
+            if running is not None:
+                running.unlink(missing_ok=True)
             self.close()
         if status == "interrupted" and self._stop_signal is not None:
             raise RunInterrupted(self._stop_signal, summary, self.run_dir)
@@ -647,6 +650,17 @@ class Run:
     def _request_stop(self, signum: int) -> None:
         self._stop_signal = signum
         self.progress.message(f"{signal.Signals(signum).name}: checkpointing and stopping…")
+
+    def _mark_running(self) -> Path | None:
+        """RUNNING_MARKER in the run dir of a sweep's job (one with a stop_file), None elsewhere or if unwritable."""
+        if self.stop_file is None:
+            return None
+        path = self.run_dir / RUNNING_MARKER
+        try:
+            path.write_text(f"{os.getpid()}\n")
+        except OSError:
+            return None
+        return path
 
     def _check_stop_file(self) -> None:
         """Stop as on the signal named in `stop_file`, once it exists (looked for at most once a second)."""

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ObjectiveMetric
-from rlrun.files import atomic_write_text, first_line, literal, print_line
+from rlrun.files import RUNNING_MARKER, atomic_write_text, first_line, literal, print_line
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -493,20 +493,15 @@ after it do not train, and running ones stop as on that signal (Run.stop_file)."
 
 
 def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
-    """Run dirs of the sweep (jobs, or a job's seed dirs) whose training session began at `since` or later and has
-    not written its summary.json: each session (re)writes evaluations.csv as it starts (a resumed one truncates it
-    and touches it) and writes summary.json last, so a summary older than evaluations.csv is a former session's.
-    Runs last touched before `since` belong to no job of this sweep (an earlier sweep's run that was killed)."""
+    """Run dirs of the sweep (jobs, or a job's seed dirs) that hold RUNNING_MARKER, written at `since` or later: each
+    training session of a sweep's job writes it before its first step and removes it once summary.json is written.
+    One older than `since` was left by a run of an earlier sweep that was killed: no job of this sweep runs there."""
     running = []
-    for csv_path in (*sweep_dir.glob("*/evaluations.csv"), *sweep_dir.glob("*/*/evaluations.csv")):
+    for marker in (*sweep_dir.glob(f"*/{RUNNING_MARKER}"), *sweep_dir.glob(f"*/*/{RUNNING_MARKER}")):
         try:
-            started = csv_path.stat().st_mtime
-            if started < since - 1.0:  # file times come from a coarser clock than time.time()
-                continue
-            summary = csv_path.parent / "summary.json"
-            if not summary.exists() or summary.stat().st_mtime < started:
-                running.append(csv_path.parent)
-        except OSError:  # removed meanwhile
+            if marker.stat().st_mtime >= since - 1.0:  # file times come from a coarser clock than time.time()
+                running.append(marker.parent)
+        except OSError:  # removed meanwhile: that run has finished
             continue
     return running
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 from conftest import BIN, REPO, read_summary
 
+from rlrun.files import RUNNING_MARKER
 from rlrun.sweep import (
     STOP_MARKER,
     GracefulSweepStop,
@@ -471,8 +472,7 @@ def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(t
     assert not (sweep_dir / STOP_MARKER).exists()  # not left for the sweep's resume=auto
 
     proc = _start_joblib_sweep(sweep_dir, "resume=auto")
-    _wait_until(proc, lambda: all((job / "evaluations.csv").stat().st_mtime > (job / "summary.json").stat().st_mtime
-                                  for job in started))  # both sessions resumed
+    _wait_until(proc, lambda: all((job / RUNNING_MARKER).exists() for job in started))  # both sessions resumed
     time.sleep(2.0)
     os.kill(proc.pid, signal.SIGTERM)  # the sweep's process only
     output, _ = proc.communicate(timeout=180)
@@ -486,22 +486,19 @@ def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(t
 
 def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
     """GracefulSweepStop's handler, without a sweep: it marks the sweep with the signal's name, waits for the runs
-    this sweep began to write summary.json, and says which runs it gave up on at its time limit."""
+    this sweep began to write summary.json (their RUNNING_MARKER gone), and says which runs it gave up on at its
+    time limit."""
     stale, done, resumed, seeded = tmp_path / "0_a", tmp_path / "1_b", tmp_path / "2_c", tmp_path / "3_d" / "seed1"
     for run in (stale, done, resumed, seeded):
         run.mkdir(parents=True)
-        (run / "evaluations.csv").write_text("step\n")
-        (run / "summary.json").write_text("{}")
-    (seeded / "summary.json").unlink()  # began, no summary yet
-    (tmp_path / "4_e").mkdir()  # a job that has not begun training is not waited for
+        (run / "summary.json").write_text("{}")  # a session before
+    for run in (stale, resumed, seeded):  # sessions that began and wrote no summary yet
+        (run / RUNNING_MARKER).write_text("1\n")
     an_hour_ago = time.time() - 3600
-    os.utime(stale / "evaluations.csv", (an_hour_ago, an_hour_ago))  # an earlier sweep's killed run
-    (stale / "summary.json").unlink()
-    os.utime(resumed / "summary.json", (an_hour_ago, an_hour_ago))  # the summary of the session before
+    os.utime(stale / RUNNING_MARKER, (an_hour_ago, an_hour_ago))  # a run of an earlier sweep that was killed
     stop = GracefulSweepStop(tmp_path, timeout_s=60)
-    stop.since -= 10  # the sweep began before its runs
     assert sorted(runs_in_progress(tmp_path, stop.since)) == [resumed, seeded]
-    threading.Timer(0.5, lambda: [(run / "summary.json").write_text("{}") for run in (resumed, seeded)]).start()
+    threading.Timer(0.5, lambda: [(run / RUNNING_MARKER).unlink() for run in (resumed, seeded)]).start()
     previous = {signum: signal.getsignal(signum) for signum in GracefulSweepStop.SIGNALS}
     try:
         started = time.monotonic()
@@ -510,9 +507,8 @@ def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
         assert 0.4 < time.monotonic() - started < 30 and stop.unfinished == [] and stop.signum == signal.SIGTERM
         assert (tmp_path / STOP_MARKER).read_text() == "SIGTERM"  # running jobs stop as on it (Run.stop_file)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second signal stops the wait
-        (seeded / "summary.json").unlink()
+        (seeded / RUNNING_MARKER).write_text("1\n")
         stop = GracefulSweepStop(tmp_path, timeout_s=0.3)
-        stop.since -= 10
         with pytest.raises(KeyboardInterrupt):
             stop.handler(signal.SIGINT, None)
         assert stop.unfinished == [seeded]
