@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import statistics
@@ -493,17 +494,33 @@ after it do not train, and running ones stop as on that signal (Run.stop_file)."
 
 
 def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
-    """Run dirs of the sweep (jobs, or a job's seed dirs) that hold RUNNING_MARKER, written at `since` or later: each
-    training session of a sweep's job writes it before its first step and removes it once summary.json is written.
-    One older than `since` was left by a run of an earlier sweep that was killed: no job of this sweep runs there."""
+    """Run dirs of the sweep (jobs, or a job's seed dirs) that hold RUNNING_MARKER, written at `since` or later by a
+    process still alive: each training session of a sweep's job writes it (with its pid) before its first step and
+    removes it once summary.json is written. One older than `since` was left by a run of an earlier sweep that was
+    killed; one whose process is gone, by a job killed meanwhile (joblib kills every worker when one dies: an idle
+    worker killed by the terminal's Ctrl-C does). No job of this sweep will finish either."""
     running = []
     for marker in (*sweep_dir.glob(f"*/{RUNNING_MARKER}"), *sweep_dir.glob(f"*/*/{RUNNING_MARKER}")):
         try:
-            if marker.stat().st_mtime >= since - 1.0:  # file times come from a coarser clock than time.time()
-                running.append(marker.parent)
-        except OSError:  # removed meanwhile: that run has finished
+            if marker.stat().st_mtime < since - 1.0:  # file times come from a coarser clock than time.time()
+                continue
+            pid = int(marker.read_text().strip() or 0)
+        except (OSError, ValueError):  # removed meanwhile (that run has finished), or not rlrun's
             continue
+        if pid > 0 and not _alive(pid):
+            continue
+        running.append(marker.parent)
     return running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
@@ -567,12 +584,13 @@ class GracefulSweepStop:
         if running:
             print(f"rlrun: {signal.Signals(signum).name}: waiting for {len(running)} running job(s) to checkpoint "
                   f"and write summary.json (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        watched = list(running)
         try:
             while running and time.monotonic() < deadline:
                 time.sleep(0.2)
                 running = runs_in_progress(self.sweep_dir, self.since)
-        finally:
-            self.unfinished = running
+        finally:  # still marked: cut short (its process killed), or not done in time
+            self.unfinished = [run for run in watched if (run / RUNNING_MARKER).exists()]
         raise KeyboardInterrupt
 
 

@@ -492,8 +492,10 @@ def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
     for run in (stale, done, resumed, seeded):
         run.mkdir(parents=True)
         (run / "summary.json").write_text("{}")  # a session before
-    for run in (stale, resumed, seeded):  # sessions that began and wrote no summary yet
-        (run / RUNNING_MARKER).write_text("1\n")
+    for run in (stale, resumed, seeded, done):  # sessions that began and wrote no summary yet
+        (run / RUNNING_MARKER).write_text(f"{os.getpid()}\n")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (done / RUNNING_MARKER).write_text(dead.stdout)  # its process was killed: it will not finish
     an_hour_ago = time.time() - 3600
     os.utime(stale / RUNNING_MARKER, (an_hour_ago, an_hour_ago))  # a run of an earlier sweep that was killed
     stop = GracefulSweepStop(tmp_path, timeout_s=60)
@@ -507,7 +509,7 @@ def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
         assert 0.4 < time.monotonic() - started < 30 and stop.unfinished == [] and stop.signum == signal.SIGTERM
         assert (tmp_path / STOP_MARKER).read_text() == "SIGTERM"  # running jobs stop as on it (Run.stop_file)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second signal stops the wait
-        (seeded / RUNNING_MARKER).write_text("1\n")
+        (seeded / RUNNING_MARKER).write_text(f"{os.getpid()}\n")
         stop = GracefulSweepStop(tmp_path, timeout_s=0.3)
         with pytest.raises(KeyboardInterrupt):
             stop.handler(signal.SIGINT, None)
