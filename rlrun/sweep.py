@@ -564,6 +564,8 @@ class GracefulSweepStop:
                 self.previous[signum] = signal.signal(signum, self.handler)
         except ValueError:  # not the main thread: Hydra's own handling stays
             self.uninstall()
+            return
+        spawn_workers_deaf()
 
     def uninstall(self) -> None:
         for signum, previous in self.previous.items():
@@ -592,6 +594,43 @@ class GracefulSweepStop:
         finally:  # still marked: cut short (its process killed), or not done in time
             self.unfinished = [run for run in watched if (run / RUNNING_MARKER).exists()]
         raise KeyboardInterrupt
+
+
+def spawn_workers_deaf() -> None:
+    """Make the loky worker processes that joblib starts from now on block SIGINT and SIGTERM.
+
+    A terminal's Ctrl-C reaches every process of its group. A worker without a job dies of it (KeyboardInterrupt in
+    its wait for work), and loky then kills every other worker at once: the running jobs were lost mid-checkpoint
+    whenever a worker was idle (the end of a sweep, an Optuna search whose sweeper runs fewer trials at a time than
+    the launcher has workers). Workers that block the signals live on; their running jobs stop through the sweep's
+    stop marker instead, which GracefulSweepStop writes when the sweep's own process gets the signal (Run.stop_file:
+    within a second). The signal mask is inherited across fork and exec, so it is set around loky's spawning of
+    workers, after its resource trackers have started (starting one unblocks these signals in the calling thread).
+    Without loky's internals as expected (another joblib version), workers are left as they are.
+    """
+    try:
+        from joblib.externals.loky import process_executor
+        from joblib.externals.loky.backend import resource_tracker as loky_tracker
+    except ImportError:
+        return
+    from multiprocessing import resource_tracker
+
+    executor = process_executor.ProcessPoolExecutor
+    spawn = getattr(executor, "_adjust_process_count", None)
+    if spawn is None or getattr(spawn, "rlrun_deaf", False):
+        return
+
+    def spawn_deaf(self: Any) -> None:
+        loky_tracker.ensure_running()
+        resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, GracefulSweepStop.SIGNALS)
+        try:
+            spawn(self)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    spawn_deaf.rlrun_deaf = True  # type: ignore[attr-defined]
+    executor._adjust_process_count = spawn_deaf
 
 
 def clear_stop_marker(sweep_dir: Path) -> None:

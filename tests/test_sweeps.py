@@ -484,6 +484,22 @@ def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(t
         assert summary["checkpoint_step"] == summary["steps_done"] > first[job]["steps_done"]
 
 
+def test_a_ctrl_c_while_a_joblib_worker_is_idle_still_checkpoints_the_running_job(tmp_path):
+    """One job on two workers: the idle worker used to die of the Ctrl-C, and loky then killed the busy one, whose
+    run was left without checkpoint or summary. Workers now block the signal and the job stops through the marker."""
+    sweep_dir = tmp_path / "sweep"
+    proc = _start_joblib_sweep(sweep_dir, "seed=0")
+    _wait_until(proc, lambda: bool(list(sweep_dir.glob(f"*/{RUNNING_MARKER}"))))
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "its running jobs checkpointed and wrote summary.json" in output, output
+    (job,) = sweep_dir.glob("0_*")
+    summary = read_summary(job)
+    assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
+    assert not (job / RUNNING_MARKER).exists()
+
+
 def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
     """GracefulSweepStop's handler, without a sweep: it marks the sweep with the signal's name, waits for the runs
     this sweep began to write summary.json (their RUNNING_MARKER gone), and says which runs it gave up on at its
