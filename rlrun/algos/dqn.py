@@ -164,7 +164,7 @@ class DQNAgent:
             all_targets = None if cfg.double else td_target(
                 batches.rewards, batches.terminated, next_state_values(all_target_q_next, None), cfg.gamma)
         # Each step's rows as views made once per phase (one split per field, not a slice per field and step:
-        # +3.6-6.5% env steps/s at rl-zoo's settings, medians of 6 alternations in one process, session 26).
+        # +2.1-3.6% env steps/s at rl-zoo's settings, medians of 6-8 alternations in one process, session 26).
         obs, actions = batches.obs.split(size), batches.actions.unsqueeze(1).split(size)
         step_targets = all_targets.split(size) if all_targets is not None else None
         for k in range(steps):
