@@ -432,12 +432,12 @@ def test_fail_running_trials_marks_only_this_searchs_unfinished_trials(tmp_path)
     assert fail_running_trials(SimpleNamespace(storage="sqlite:////proc/no/db", study_name="s"), since) == 0
 
 
-def _start_joblib_sweep(sweep_dir: Path, *extra: str) -> subprocess.Popen:
+def _start_joblib_sweep(sweep_dir: Path, *extra: str, sweep: tuple[str, ...] = ("seed=0,1,2,3", "total_steps=1000000")
+                        ) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "rlrun"), "-m", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib",
-                             "hydra.launcher.n_jobs=2", "algo=dqn", "env=cartpole", "seed=0,1,2,3",
-                             "total_steps=1000000", "eval.every_steps=0", "log.tensorboard=false", "log.progress=none",
-                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                             "hydra.launcher.n_jobs=2", "algo=dqn", "env=cartpole", *sweep, "eval.every_steps=0",
+                             "log.tensorboard=false", "log.progress=none", *extra], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def _wait_until(proc: subprocess.Popen, condition) -> None:
@@ -488,7 +488,7 @@ def test_a_ctrl_c_while_a_joblib_worker_is_idle_still_checkpoints_the_running_jo
     """One job on two workers: the idle worker used to die of the Ctrl-C, and loky then killed the busy one, whose
     run was left without checkpoint or summary. Workers now block the signal and the job stops through the marker."""
     sweep_dir = tmp_path / "sweep"
-    proc = _start_joblib_sweep(sweep_dir, "seed=0")
+    proc = _start_joblib_sweep(sweep_dir, sweep=("seed=0", "total_steps=1000000"))
     _wait_until(proc, lambda: bool(list(sweep_dir.glob(f"*/{RUNNING_MARKER}"))))
     time.sleep(2.0)
     os.killpg(proc.pid, signal.SIGINT)
@@ -498,6 +498,35 @@ def test_a_ctrl_c_while_a_joblib_worker_is_idle_still_checkpoints_the_running_jo
     summary = read_summary(job)
     assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
     assert not (job / RUNNING_MARKER).exists()
+
+
+def test_a_finished_job_continued_with_resume_auto_is_not_waited_for(tmp_path):
+    """Continued with resume=auto, a finished job only reloads its last checkpoint and keeps its summary.json: a Ctrl-C
+    while the other job trains must not wait for the finished one (an mtime test between evaluations.csv and
+    summary.json would have waited 120 s)."""
+    sweep_dir, sweep = tmp_path / "sweep", ("seed=0", "total_steps=1000,1000000")  # job 0 short, job 1 long
+
+    def interrupt_once_job_1_trains(*extra: str) -> str:
+        proc = _start_joblib_sweep(sweep_dir, *extra, sweep=sweep)
+        _wait_until(proc, lambda: (bool(list(sweep_dir.glob(f"1_*/{RUNNING_MARKER}")))  # job 1 trains, job 0 is done
+                                   and bool(list(sweep_dir.glob("0_*/summary.json")))
+                                   and not list(sweep_dir.glob(f"0_*/{RUNNING_MARKER}"))))
+        time.sleep(2.0)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 130 and time.monotonic() - started < 60, output
+        assert "its running jobs checkpointed and wrote summary.json" in output, output
+        return output
+
+    interrupt_once_job_1_trains()
+    (done,), (running,) = sweep_dir.glob("0_*"), sweep_dir.glob("1_*")
+    assert read_summary(done)["status"] == "completed"
+    completed = (done / "summary.json").read_bytes()
+    interrupt_once_job_1_trains("resume=auto")
+    assert (done / "summary.json").read_bytes() == completed and not (done / RUNNING_MARKER).exists()
+    summary = read_summary(running)
+    assert summary["status"] == "interrupted" and summary["resumed_from"] is not None
 
 
 def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
