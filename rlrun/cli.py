@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -80,14 +81,14 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 
 def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None = None,
-          stop_file: Path | None = None) -> dict[str, Any]:
+          stop_file: Path | None = None, stop_with_parent: int | None = None) -> dict[str, Any]:
     """Compose → typed config → Run.train(); returns the summary. `on_accepted` is called once the run is built
-    (its checks passed: nothing refused it), before it trains; `stop_file` is Run.stop_file."""
+    (its checks passed: nothing refused it), before it trains; `stop_file` and `stop_with_parent` are Run's."""
     from rlrun.run import Run
 
     typed = to_typed_config(cfg)
     run = Run(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
-    run.stop_file = stop_file
+    run.stop_file, run.stop_with_parent = stop_file, stop_with_parent
     if on_accepted is not None:
         on_accepted()
     return run.train()
@@ -161,16 +162,25 @@ def interrupted_message(exc: Any, run_dir: Path) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlrun.run import NonFiniteError, RunInterrupted
-    from rlrun.sweep import STOP_MARKER, check_direction, job_sweep_dir, objective_value, train_seeds
+    from rlrun.sweep import (
+        STOP_MARKER,
+        check_direction,
+        job_sweep_dir,
+        objective_value,
+        sweep_worker_parent,
+        train_seeds,
+    )
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
 
     stop_file = job_sweep_dir(hydra_cfg) / STOP_MARKER if multirun else None
+    parent = sweep_worker_parent() if multirun else None
 
     def train_job(run_cfg: DictConfig, directory: Path) -> dict[str, Any]:
-        return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg), stop_file=stop_file)
+        return train(run_cfg, directory, on_accepted=lambda: write_hydra_dir(cfg, hydra_cfg), stop_file=stop_file,
+                     stop_with_parent=parent)
 
     if stop_file is not None and stop_file.exists():
         raise JobFailed("rlrun error: not started: a Ctrl-C is stopping the sweep")
@@ -184,6 +194,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             runs = [(train_job(cfg, run_dir), run_dir)]
     except RunInterrupted as exc:
         _error(interrupted_message(exc, run_dir))
+        if parent is not None and os.getppid() != parent:  # orphaned worker: nobody reads its result; it would
+            os._exit(128 + exc.signum)  # wait for ever on loky's pipes, deaf to the signals it blocks
         sys.exit(128 + exc.signum)
     except NonFiniteError as exc:
         _error(str(exc))

@@ -337,6 +337,9 @@ class Run:
         self.stop_file: Path | None = None
         """A file whose appearance stops the run as its signal would (a parallel sweep's stop marker, set by
         rlrun/cli.py for multirun jobs: rlrun/sweep.py GracefulSweepStop). It holds the signal's name."""
+        self.stop_with_parent: int | None = None
+        """The pid of a parallel sweep's process that runs this job in a worker: if it dies (a SIGKILL), the run stops
+        as on SIGTERM instead of training on, orphaned, in a worker that blocks signals (rlrun/sweep.py)."""
         self._next_stop_check = 0.0
         self.resume_changes: list[str] = []  # RESUME_MAY_CHANGE settings a resume changed (reported)
         self._best_payload: dict[str, Any] | None = None  # what best.pt holds (a copy also goes into last.pt)
@@ -668,6 +671,9 @@ class Run:
         if now < self._next_stop_check:
             return
         self._next_stop_check = now + 1.0
+        if self.stop_with_parent is not None and os.getppid() != self.stop_with_parent:
+            self._request_stop(signal.SIGTERM)
+            return
         try:
             name = self.stop_file.read_text().strip()
         except OSError:

@@ -565,6 +565,7 @@ class GracefulSweepStop:
         except ValueError:  # not the main thread: Hydra's own handling stays
             self.uninstall()
             return
+        os.environ[SWEEP_PID_VARIABLE] = str(os.getpid())  # the workers stop their jobs if this process dies
         spawn_workers_deaf()
 
     def uninstall(self) -> None:
@@ -585,7 +586,7 @@ class GracefulSweepStop:
         running = runs_in_progress(self.sweep_dir, self.since)
         if running:
             print(f"rlrun: {signal.Signals(signum).name}: waiting for {len(running)} running job(s) to checkpoint "
-                  f"and write summary.json (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                  f"and write summary.json (a second signal stops at once)", file=sys.stderr, flush=True)
         watched = list(running)
         try:
             while running and time.monotonic() < deadline:
@@ -594,6 +595,17 @@ class GracefulSweepStop:
         finally:  # still marked: cut short (its process killed), or not done in time
             self.unfinished = [run for run in watched if (run / RUNNING_MARKER).exists()]
         raise KeyboardInterrupt
+
+
+SWEEP_PID_VARIABLE = "RLRUN_SWEEP_PID"
+"""Set by a parallel sweep's process (GracefulSweepStop.install) to its pid; its workers inherit it."""
+
+
+def sweep_worker_parent() -> int | None:
+    """In a worker process of a parallel sweep, the sweep's pid (its parent now); None elsewhere (a job run in the
+    sweep's own process, another launcher)."""
+    pid = os.environ.get(SWEEP_PID_VARIABLE, "")
+    return int(pid) if pid.isdigit() and int(pid) == os.getppid() else None
 
 
 def spawn_workers_deaf() -> None:

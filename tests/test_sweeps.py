@@ -529,6 +529,32 @@ def test_a_finished_job_continued_with_resume_auto_is_not_waited_for(tmp_path):
     assert summary["status"] == "interrupted" and summary["resumed_from"] is not None
 
 
+def test_jobs_of_a_parallel_sweep_whose_process_is_killed_stop_and_their_workers_exit(tmp_path):
+    """The workers block SIGINT and SIGTERM: if the sweep's process dies (SIGKILL), its running jobs stop as on
+    SIGTERM within a second (checkpoint, summary.json), and their workers exit instead of training on orphaned."""
+    sweep_dir = tmp_path / "sweep"
+    proc = _start_joblib_sweep(sweep_dir)
+    _wait_until(proc, lambda: len(list(sweep_dir.glob(f"*/{RUNNING_MARKER}"))) == 2)
+    time.sleep(2.0)
+    workers = [int(marker.read_text()) for marker in sweep_dir.glob(f"*/{RUNNING_MARKER}")]
+    proc.kill()
+    proc.communicate(timeout=60)
+
+    def alive(pid: int) -> bool:  # a zombie (not reaped by whoever adopted it) has exited
+        try:
+            return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 120
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+    for job in sorted(path.parent for path in sweep_dir.glob("*/evaluations.csv")):
+        summary = read_summary(job)
+        assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
+
+
 def test_the_graceful_stop_waits_for_running_runs_then_interrupts(tmp_path):
     """GracefulSweepStop's handler, without a sweep: it marks the sweep with the signal's name, waits for the runs
     this sweep began to write summary.json (their RUNNING_MARKER gone), and says which runs it gave up on at its
