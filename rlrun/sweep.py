@@ -497,8 +497,8 @@ def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
     """Run dirs of the sweep (jobs, or a job's seed dirs) that hold RUNNING_MARKER, written at `since` or later by a
     process still alive: each training session of a sweep's job writes it (with its pid) before its first step and
     removes it once summary.json is written. One older than `since` was left by a run of an earlier sweep that was
-    killed; one whose process is gone, by a job killed meanwhile (joblib kills every worker when one dies: an idle
-    worker killed by the terminal's Ctrl-C does). No job of this sweep will finish either."""
+    killed; one whose process is gone, by a job killed meanwhile (a worker SIGKILLed, or killed by joblib, which kills
+    every worker when one dies). No job of this sweep will finish either."""
     running = []
     for marker in (*sweep_dir.glob(f"*/{RUNNING_MARKER}"), *sweep_dir.glob(f"*/*/{RUNNING_MARKER}")):
         try:
