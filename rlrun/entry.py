@@ -35,7 +35,8 @@ def _guarded(prog: str, module: str, function: str, detail: str) -> None:
 def _end_of_sweep() -> str | None:
     """What a Ctrl-C that reaches a sweep's own process says, once the sweep has begun (rlrun/sweep.py notes its
     directory, and for a parallel sweep which of its runs did not write summary.json before it stopped). A parallel
-    sweep's workers are gone by now (joblib stopped them on the KeyboardInterrupt): its stop marker is removed."""
+    sweep's workers are gone by now (joblib stopped them on the KeyboardInterrupt): its stop marker is removed. The
+    sweep's sweep_summary.csv is brought up to date."""
     sweep = sys.modules.get("rlrun.sweep")
     callback = getattr(sweep, "SweepCallback", None)
     sweep_dir = getattr(callback, "running_sweep_dir", None)
@@ -45,6 +46,10 @@ def _end_of_sweep() -> str | None:
     graceful = getattr(callback, "graceful_stop", None)
     if graceful is not None:
         graceful.uninstall()
+    try:  # the interrupted jobs' summaries too (a job that ends on a signal reports no job end to Hydra)
+        sweep.summarize_sweep(sweep_dir, quiet=True)
+    except (Exception, KeyboardInterrupt):  # a second Ctrl-C, an unreadable run: `python -m rlrun.sweep` later
+        pass
     if graceful is None or graceful.signum is None:  # not a parallel sweep's handler's stop
         return (f"during the sweep in {sweep_dir}; its jobs' last checkpoints are kept, but a job stopped by its "
                 f"launcher may lack summary.json. {resume}")

@@ -470,6 +470,8 @@ def test_a_ctrl_c_in_a_parallel_sweep_waits_for_its_running_jobs_to_checkpoint(t
         assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
         torch.load(job / "checkpoints" / "last.pt", weights_only=True)
     assert not (sweep_dir / STOP_MARKER).exists()  # not left for the sweep's resume=auto
+    rows = read_csv(sweep_dir / "sweep_summary.csv")  # written although no job ended normally
+    assert len(rows) == 1 and rows[0]["runs"] == "2" and rows[0]["statuses"] == "interrupted"
 
     proc = _start_joblib_sweep(sweep_dir, "resume=auto")
     _wait_until(proc, lambda: all((job / RUNNING_MARKER).exists() for job in started))  # both sessions resumed
