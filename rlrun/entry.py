@@ -27,16 +27,14 @@ def _guarded(prog: str, module: str, function: str, detail: str) -> None:
         command = getattr(importlib.import_module(module), function)
         command()
     except KeyboardInterrupt:
-        graceful = getattr(getattr(sys.modules.get("rlrun.sweep"), "SweepCallback", None), "graceful_stop", None)
-        signum = getattr(graceful, "signum", None) or signal.SIGINT  # a parallel sweep stopped by SIGTERM: 143
-        interrupted(prog, _end_of_sweep() or detail, 128 + signum)
+        interrupted(prog, *(_end_of_sweep() or (detail, EXIT_INTERRUPTED)))
 
 
-def _end_of_sweep() -> str | None:
-    """What a Ctrl-C that reaches a sweep's own process says, once the sweep has begun (rlrun/sweep.py notes its
-    directory, and for a parallel sweep which of its runs did not write summary.json before it stopped). A parallel
-    sweep's workers are gone by now (joblib stopped them on the KeyboardInterrupt): its stop marker is removed. The
-    sweep's sweep_summary.csv is brought up to date."""
+def _end_of_sweep() -> tuple[str, int] | None:
+    """What a Ctrl-C that reaches a sweep's own process says, and its exit status, once the sweep has begun
+    (rlrun/sweep.py notes its directory, and for a parallel sweep the signal and which of its runs did not write
+    summary.json before it stopped). A parallel sweep's workers are gone by now (joblib stopped them on the
+    KeyboardInterrupt): its stop marker is removed. The sweep's sweep_summary.csv is brought up to date."""
     sweep = sys.modules.get("rlrun.sweep")
     callback = getattr(sweep, "SweepCallback", None)
     sweep_dir = getattr(callback, "running_sweep_dir", None)
@@ -52,15 +50,16 @@ def _end_of_sweep() -> str | None:
         pass
     if graceful is None or graceful.signum is None:  # not a parallel sweep's handler's stop
         return (f"during the sweep in {sweep_dir}; its jobs' last checkpoints are kept, but a job stopped by its "
-                f"launcher may lack summary.json. {resume}")
+                f"launcher may lack summary.json. {resume}", EXIT_INTERRUPTED)
+    status = 128 + graceful.signum  # 143 for a SIGTERM
     if graceful.unfinished:
         kept = {True: "its last checkpoint is kept", False: "no checkpoint"}
         names = ", ".join(f"{run.relative_to(sweep_dir)} ({kept[(run / 'checkpoints' / 'last.pt').exists()]})"
                           for run in graceful.unfinished)
         return (f"during the sweep in {sweep_dir}; these runs were stopped before they wrote summary.json: "
-                f"{names}. {resume}")
+                f"{names}. {resume}", status)
     return (f"during the sweep in {sweep_dir}; its running jobs checkpointed and wrote summary.json (status "
-            f"interrupted), and jobs not yet started did not run. {resume}")
+            f"interrupted), and jobs not yet started did not run. {resume}", status)
 
 
 def rlrun() -> None:

@@ -454,11 +454,10 @@ def check_launcher(config: DictConfig) -> None:
     if isinstance(seeds, int) and seeds < 1:
         raise ValueError(f"objective.seeds must be at least 1, got {seeds}")
     launcher = str(config.hydra.launcher.get("_target_", ""))
-    n_jobs = config.hydra.launcher.get("n_jobs")
-    if "joblib" in launcher and isinstance(n_jobs, int) and n_jobs == 0:
-        raise ValueError("hydra.launcher.n_jobs=0 runs nothing: give the number of parallel jobs, or -1 for one "
-                         "per core")
     if "joblib" in launcher:
+        if config.hydra.launcher.get("n_jobs") == 0:
+            raise ValueError("hydra.launcher.n_jobs=0 runs nothing: give the number of parallel jobs, or -1 for one "
+                             "per core")
         # Hydra's joblib launcher sets backend=loky itself, whatever is given: settings that ask for threads or
         # another backend were ignored (prefer=threads), or failed inside joblib with a traceback (require=sharedmem).
         ignored = [f"{key}={value}" for key, value, accepted in (
@@ -515,11 +514,11 @@ def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: someone else's process, alive
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
-        return True
+    except PermissionError:
+        pass
     return True
 
 

@@ -552,7 +552,9 @@ def test_jobs_of_a_parallel_sweep_whose_process_is_killed_stop_and_their_workers
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
-    for job in sorted(path.parent for path in sweep_dir.glob("*/evaluations.csv")):
+    jobs = sorted(path.parent for path in sweep_dir.glob("*/evaluations.csv"))
+    assert len(jobs) == 2
+    for job in jobs:
         summary = read_summary(job)
         assert summary["status"] == "interrupted" and 0 < summary["checkpoint_step"] == summary["steps_done"]
 
