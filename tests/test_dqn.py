@@ -194,3 +194,31 @@ def test_a_training_phase_equals_its_gradient_steps_taken_one_by_one(double):
     torch.testing.assert_close(metrics["losses/td_loss"], loss.detach())
     for (name, ours), theirs in zip(agent.q.state_dict().items(), reference.q.state_dict().values()):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_actions_are_uniformly_random_until_learning_starts():
+    """Before learning_starts DQN neither trains nor consults its network (Nature DQN's replay start, SB3's
+    `_sample_action`): even with ε = 0 the warm-up's actions are uniform; afterwards they are greedy."""
+
+    from rlrun.algos.dqn import DQNAgent, DQNConfig
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.config import EnvConfig, NetworkConfig
+    from rlrun.envs import EnvRunner, make_vec_env
+
+    envs = make_vec_env(EnvConfig(id="CartPole-v1"), 2)
+    runner = EnvRunner(envs, seed=0)
+    ctx = AgentContext(envs.single_observation_space, envs.single_action_space, NetworkConfig(hidden=[8]),
+                       torch.device("cpu"), 0, 1000, 2)
+    agent = DQNAgent(DQNConfig(learning_starts=200, exploration_initial_eps=0.0, exploration_final_eps=0.0,
+                               train_freq=1, batch_size=8), ctx)
+    greedy_calls = []
+    act = agent.act
+    agent.act = lambda obs: greedy_calls.append(runner.global_step) or act(obs)
+    while runner.global_step < 200:
+        assert agent.train_iteration(runner).keys() == {"charts/epsilon"}  # no gradient step yet
+    warmup_actions = agent.buffer.arrays()["actions"][:200]
+    assert not greedy_calls and agent.n_updates == 0
+    assert 0.35 < warmup_actions.mean() < 0.65  # both actions, about equally often
+    agent.train_iteration(runner)
+    assert greedy_calls == [200] and agent.n_updates > 0
+    envs.close()

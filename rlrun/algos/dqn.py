@@ -45,7 +45,8 @@ class DQNConfig:
     batch_size: int = 128
     """Transitions per gradient step."""
     learning_starts: int = 0
-    """Env steps of pure collection before the first gradient step."""
+    """Env steps of uniformly random actions and no training before the first gradient step (the replay start of
+    Mnih et al. 2015, as in Stable-Baselines3): the untrained network's argmax would fill the buffer with one action."""
     gamma: float = 0.99
     """Discount factor."""
     train_freq: int = 4
@@ -136,7 +137,11 @@ class DQNAgent:
         for _ in range(cfg.train_freq):
             before = runner.global_step
             epsilon = self.epsilon(before)
-            step = runner.step(self._explore(runner.obs, epsilon))
+            if before < cfg.learning_starts:
+                actions = self.rng.integers(0, self.num_actions, size=runner.num_envs)
+            else:
+                actions = self._explore(runner.obs, epsilon)
+            step = runner.step(actions)
             self.buffer.add(step.obs, step.action, step.reward, step.next_obs, step.terminated)
             # Target update whenever the step counter crosses a multiple of the interval.
             if runner.global_step // cfg.target_update_interval > before // cfg.target_update_interval:
