@@ -383,7 +383,7 @@ class Run:
         if self.resume_from is not None:
             resume_payload = load_checkpoint(self.resume_from)
             if self.transfer is not None:
-                self.transfer.resume(self.resume_from.parent.parent, self.run_dir, int(resume_payload["step"]))
+                self.transfer.resume(self.resume_from.parent.parent, int(resume_payload["step"]))
             else:
                 check_not_a_transfer_run(self.resume_from)
             try:
@@ -395,7 +395,7 @@ class Run:
             self.state.next_eval = cfg.eval.every_steps
             self.state.next_checkpoint = cfg.checkpoint.every_steps
             if self.transfer is not None:
-                self.transfer.load(self.run_dir, print_line if cfg.log.progress.value != "none" else None)
+                self.transfer.load(print_line if cfg.log.progress.value != "none" else None)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -424,6 +424,14 @@ class Run:
             self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}"
                                   + (f", with changed settings: {'; '.join(self.resume_changes)}"
                                      if self.resume_changes else ""))
+        # Written now that nothing refused the run: a refused one leaves the directory as it was. Without transfer, a
+        # report here is a refused or killed transfer run's that no checkpoint goes with (one that does was refused
+        # above), and it would make this run's checkpoints look like a transfer run's to a later resume.
+        if self.transfer is not None:
+            self.transfer.save_report(self.run_dir)
+        else:
+            from rlrun.transfer import REPORT_FILE
+            (self.run_dir / REPORT_FILE).unlink(missing_ok=True)
 
     def _resumes_in_place(self) -> bool:
         """Whether the checkpoint being resumed is this run directory's own (resume=auto or resume=RUN_DIR)."""

@@ -311,8 +311,8 @@ class Transfer:
         return out
 
     # -- applying --------------------------------------------------------------------------------------
-    def load(self, run_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> TransferReport:
-        """Copy the source's weights into the agent, then `apply(0)`; the report goes to run_dir/REPORT_FILE."""
+    def load(self, progress: Callable[[str], None] | None = None) -> TransferReport:
+        """Copy the source's weights into the agent, then `apply(0)`; `save_report` writes the report."""
         path, source, meta = load_source(self.cfg)
         self.network_map = self.mapping({network_of(k) for k in source})
         fed = self._fed_networks()
@@ -369,9 +369,13 @@ class Transfer:
             raise TransferError(f"nothing in {path} fits this network (mapping {self.network_map})")
         report.unused_source = sorted(set(source) - used)
         obs_norm = observation_normalizer(self.agent)
-        if self.cfg.obs_norm and obs_norm is not None:
+        if self.cfg.obs_norm:
             stats, origin = stored_obs_norm(path, meta)
-            if stats is not None and tuple(stats["mean"].shape) == tuple(obs_norm.rms.mean.shape):
+            if stats is not None and obs_norm is None:  # its weights were trained on normalised inputs
+                report.obs_norm_skipped = (f"{origin} holds the source's statistics, but this run does not normalise "
+                                           f"its observations: the loaded weights see raw ones (an on-policy "
+                                           f"algo.normalize_obs=true takes them)")
+            elif stats is not None and tuple(stats["mean"].shape) == tuple(obs_norm.rms.mean.shape):
                 obs_norm.load_state(stats)
                 report.obs_norm_from = origin
             elif stats is not None:  # another observation space: this run starts its own statistics
@@ -382,24 +386,31 @@ class Transfer:
         report.frozen = self.frozen_names()
         report.param_groups = self.param_groups()
         self.report = report
-        if run_dir is not None:
-            save_report(report, run_dir)
         if progress is not None:
             progress(report.text())
         return report
 
-    def resume(self, checkpoint_run_dir: Path, run_dir: Path, step: int) -> None:
+    def resume(self, checkpoint_run_dir: Path, step: int) -> None:
         """A resumed run: the same frozen set and param groups as the run that wrote the checkpoint at `step`,
         rebuilt from its transfer_report.json (the source itself is not needed any more)."""
         report = read_report(checkpoint_run_dir)
+        path = Path(checkpoint_run_dir) / REPORT_FILE
         if report is None:
             raise CheckpointError(f"cannot resume a transfer={self.cfg.kind.value} run from {checkpoint_run_dir}: "
                                   f"its {REPORT_FILE} is missing (it says which tensors came from the source)")
+        if set(report["mapping"]) != set(self.modules) or not set(report["loaded"]) <= set(self.params):
+            raise CheckpointError(f"{path} does not describe this {type(self.agent).__name__}'s networks "
+                                  f"{sorted(self.modules)} (its mapping names {sorted(report['mapping'])}, and "
+                                  f"{len(set(report['loaded']) - set(self.params))} of its loaded tensors are not "
+                                  f"theirs): it is damaged, or it is another algorithm's")
         self.network_map = report["mapping"]
         self.loaded_names = set(report["loaded"])
         self.apply(step)
-        if Path(checkpoint_run_dir).resolve() != Path(run_dir).resolve():
-            save_report(TransferReport(**report), run_dir)
+        self.report = TransferReport(**report)
+
+    def save_report(self, run_dir: Path) -> None:
+        """Write the report into `run_dir`, once the run has been set up: a run refused before then leaves none."""
+        save_report(self.report, run_dir)
 
     def apply(self, step: int, fresh: bool = False) -> None:
         self.unfrozen = self.cfg.unfreeze_at_step is not None and step >= self.cfg.unfreeze_at_step

@@ -407,6 +407,43 @@ def test_resuming_a_transfer_run_with_a_damaged_report_names_the_file(source, tm
                   *[a for a in args if a.startswith("transfer.")])
 
 
+@pytest.mark.parametrize("damage", ["mapping", "loaded"])
+def test_a_report_naming_networks_or_tensors_this_agent_lacks_is_refused_naming_the_file(source, tmp_path, damage):
+    """Well-formed JSON of the right types whose content does not fit the agent: one paragraph naming the file
+    (it was torch's "loaded state dict has a different number of parameter groups")."""
+    args = [*CARTPOLE, "total_steps=128", "transfer=freeze", "transfer.freeze_layers=1", f"transfer.source={source}"]
+    build_run(tmp_path, *args).train()
+    report = read_report(tmp_path)
+    if damage == "mapping":
+        report["mapping"] = {"zzz": "actor"}
+    else:
+        report["loaded"] = ["nope.weight"]
+    (tmp_path / "transfer_report.json").write_text(json.dumps(report))
+    with pytest.raises(CheckpointError, match="transfer_report.json does not describe this PPOAgent's networks"):
+        build_run(tmp_path, *[a for a in args if a != "total_steps=128"], "total_steps=256", "resume=auto")
+
+
+def test_a_refused_resume_leaves_no_report_and_a_plain_run_replaces_a_stale_one(source, tmp_path):
+    """A transfer run's resume into a new directory that is refused leaves that directory without a report; a
+    report left there anyway (a refused run of an older version, a kill before the first checkpoint) is removed
+    by a plain run, whose own resume would otherwise be refused as a transfer run's."""
+    args = [*CARTPOLE, "total_steps=128", "transfer=freeze", "transfer.freeze_layers=1", f"transfer.source={source}"]
+    first = tmp_path / "first"
+    build_run(first, *args).train()
+    with pytest.raises(CheckpointError, match="with another seed"):  # refused after the report was read
+        build_run(tmp_path / "new", *args, f"resume={first}", "seed=123")
+    assert not (tmp_path / "new" / "transfer_report.json").exists()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "transfer_report.json").write_text((first / "transfer_report.json").read_text())
+    build_run(plain, *CARTPOLE, "total_steps=128").train()
+    assert not (plain / "transfer_report.json").exists()
+    resumed = build_run(plain, *CARTPOLE, "total_steps=256", "resume=auto")
+    resumed.train()
+    assert resumed.runner.global_step == 256
+
+
 def test_observation_statistics_of_another_shape_are_reported_not_loaded(tmp_path):
     """A normalising PPO source on LunarLander (8 observations) feeding Acrobot (6): its statistics cannot be
     used, and the report says so (the first layer is kept fresh with reinit_mismatched)."""
@@ -419,6 +456,19 @@ def test_observation_statistics_of_another_shape_are_reported_not_loaded(tmp_pat
     assert report.obs_norm_skipped.endswith("holds statistics of shape (8,), this env observes shape (6,)")
     assert "observation normalisation NOT loaded" in report.text()
     assert read_report(tmp_path / "dst")["obs_norm_skipped"] == report.obs_norm_skipped
+
+
+def test_a_source_s_statistics_unused_by_a_run_that_does_not_normalise_are_reported(tmp_path):
+    """The weights were trained on normalised observations; a run without normalisation feeds them raw ones: the
+    report says the statistics were not loaded, and why (it said nothing)."""
+    src = tmp_path / "src"
+    build_run(src, *CARTPOLE, "algo.normalize_obs=true", "total_steps=128").train()
+    run = build_run(tmp_path / "dst", *CARTPOLE, "algo.normalize_obs=false", "total_steps=64",
+                    "transfer=finetune", f"transfer.source={src}")
+    report = run.transfer.report
+    assert report.obs_norm_from is None
+    assert "best.pt holds the source's statistics, but this run does not normalise" in report.obs_norm_skipped
+    assert "observation normalisation NOT loaded" in report.text()
 
 
 def test_damaged_observation_statistics_in_a_source_are_refused(tmp_path):
