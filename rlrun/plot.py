@@ -49,20 +49,54 @@ def mean_and_spread(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 2
     """Curves (x, y) of one configuration → common x, mean and std over seeds.
 
     Seeds evaluate at slightly different x (rollouts overshoot eval.every_steps; wall time always differs),
-    so each curve is linearly interpolated onto a grid spanning the x range every seed covers.
+    so each curve is linearly interpolated onto a grid spanning the x range every seed covers. Where the seeds
+    have no x range in common (one stopped before another's first evaluation), each x of any seed is drawn as the
+    mean over the seeds that cover it, never a value extrapolated from another seed's data.
     """
     if len(curves) == 1:
         x, y = curves[0]
         return x, y, np.zeros_like(y)
     start = max(float(x[0]) for x, _ in curves)
     stop = min(float(x[-1]) for x, _ in curves)
-    if stop <= start:
+    if stop < start:
+        grid = np.unique(np.concatenate([x for x, _ in curves]))
+    elif stop == start:
         grid = np.array([stop])
     else:
         grid = np.unique(np.concatenate([np.linspace(start, stop, points),
                                          *[x[(x >= start) & (x <= stop)] for x, _ in curves]]))
     values = np.stack([np.interp(grid, x, y) for x, y in curves])
-    return grid, values.mean(axis=0), values.std(axis=0)
+    covered = np.stack([(grid >= x[0]) & (grid <= x[-1]) for x, _ in curves])
+    counts = covered.sum(axis=0)
+    mean = (values * covered).sum(axis=0) / counts
+    std = np.sqrt((np.square(values - mean) * covered).sum(axis=0) / counts)
+    return grid, mean, std
+
+
+def coverage_note(curves: list[tuple[np.ndarray, np.ndarray]], x_axis: str = "steps") -> str:
+    """What `mean_and_spread` leaves out of a group's curve, for its legend line and the command's output: "" when
+    every seed covers the drawn range (up to half an evaluation interval, a rollout's overshoot); otherwise where
+    the curve stops although some seed goes on (a seed stopped early), or that the seeds share no range."""
+    if len(curves) < 2:
+        return ""
+    start = max(float(x[0]) for x, _ in curves)
+    stop = min(float(x[-1]) for x, _ in curves)
+    first = min(float(x[0]) for x, _ in curves)
+    last = max(float(x[-1]) for x, _ in curves)
+
+    def at(value: float) -> str:
+        return f"step {value:,.0f}" if x_axis == "steps" else f"{value:,.1f} s"
+
+    if stop < start:
+        return "their ranges do not overlap: each point is the mean of the runs that reach it"
+    gaps = np.concatenate([np.diff(x) for x, _ in curves])
+    interval = float(np.median(gaps)) if gaps.size else 0.0
+    left_out = []
+    if start - first > interval / 2:
+        left_out.append(f"from {at(start)} (one starts at {at(first)})")
+    if last - stop > interval / 2:
+        left_out.append(f"to {at(stop)} (one reaches {at(last)})")
+    return f"drawn where all have data, {' and '.join(left_out)}" if left_out else ""
 
 
 def _plural(n: int, noun: str) -> str:
@@ -132,7 +166,8 @@ def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | No
             xy = [((curves[r.run_dir].steps if x_axis == "steps" else curves[r.run_dir].wall),
                    curves[r.run_dir].returns) for r in runs]
             grid, mean, std = mean_and_spread(xy)
-            counted = runs_and_seeds(runs)
+            note = coverage_note(xy, x_axis)
+            counted = runs_and_seeds(runs) + (f"; {note}" if note else "")
             line, = ax.plot(grid, mean, linewidth=1.8, marker="o" if len(grid) < 25 else None, markersize=3,
                             label=textwrap.fill(f"{label} ({counted})", 70))
             if len(runs) > 1:
@@ -155,6 +190,10 @@ def plot(paths: list[Path], output: Path, x_axis: str = "steps", title: str | No
         fig.savefig(output, dpi=120)
     except OSError as exc:
         raise PlotError(f"cannot write {output}: {exc.strerror or exc}") from None
+    except (RuntimeError, ValueError) as exc:  # a format whose writer is missing (.pgf needs LaTeX) or failed
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlotError(f"cannot write {output} in the {output.suffix} format: {reason}. Choose another "
+                        f"suffix (.png, .pdf, .svg)") from None
     finally:
         plt.close(fig)
     return drawn

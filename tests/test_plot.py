@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO
 
-from rlrun.plot import _env_and_threshold, mean_and_spread, plot
+from rlrun.plot import _env_and_threshold, coverage_note, main, mean_and_spread, plot
 from rlrun.sweep import find_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -28,6 +28,26 @@ def test_mean_and_spread_interpolates_seeds_onto_a_common_grid():
     grid, mean, _ = mean_and_spread([a, c], points=4)
     assert grid[0] == 5.0 and grid[-1] == 20.0
     assert np.allclose(mean, grid)  # both are y = x on [5, 20]
+
+
+def test_seeds_without_a_common_range_are_averaged_where_they_have_data_never_extrapolated():
+    """One seed stopped at step 2,048, another's evaluations start at 3,072: each point is the seeds' own data (it
+    was one point at 2,048 whose 'mean' took the second seed's value at 3,072)."""
+    a = (np.array([1024.0, 2048.0]), np.array([10.0, 20.0]))
+    b = (np.array([3072.0, 4096.0]), np.array([300.0, 400.0]))
+    grid, mean, std = mean_and_spread([a, b])
+    assert grid.tolist() == [1024.0, 2048.0, 3072.0, 4096.0]
+    assert mean.tolist() == [10.0, 20.0, 300.0, 400.0] and not std.any()
+    assert "do not overlap" in coverage_note([a, b])
+
+
+def test_coverage_note_says_where_a_group_s_curve_stops_short_of_a_seed():
+    a = (np.array([1024.0, 2048.0, 3072.0]), np.array([1.0, 2.0, 3.0]))
+    b = (np.array([1030.0]), np.array([1.0]))  # stopped after its first evaluation
+    assert coverage_note([a, b]) == "drawn where all have data, to step 1,030 (one reaches step 3,072)"
+    assert coverage_note([a, b], "wall") == "drawn where all have data, to 1,030.0 s (one reaches 3,072.0 s)"
+    overshoot = (np.array([1030.0, 2050.0, 3100.0]), np.array([1.0, 2.0, 3.0]))  # a rollout past each eval step
+    assert coverage_note([a, overshoot]) == "" and coverage_note([a]) == ""
 
 
 def _fake_run(root: Path, name: str, overrides: list[str], seed: int, slope: float, env_id: str = "CartPole-v1",
@@ -162,3 +182,28 @@ def test_rlrun_plot_leaves_out_a_config_that_omegaconf_cannot_hold(sweep, tmp_pa
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert f"ignoring {config}: not a config" in proc.stderr
     _assert_png(tmp_path / "x.png")
+
+
+def test_a_group_cut_short_by_a_seed_that_stopped_early_says_so(sweep, tmp_path, capsys):
+    csv = sweep / "0_algo=dqn,seed=0" / "evaluations.csv"
+    csv.write_text("".join(csv.read_text().splitlines(keepends=True)[:3]))  # seed 0 stopped after 2 evaluations
+    main([str(sweep), "-o", str(tmp_path / "curves.png")])
+    out = capsys.readouterr().out
+    assert "algo=dqn: 3 seeds; drawn where all have data, to step 2,000 (one reaches step 10,002)" in out
+    assert "algo=double_dqn: 2 seeds\n" in out
+
+
+def test_rlrun_plot_fails_clearly_when_the_format_s_writer_fails(sweep, tmp_path, monkeypatch, capsys):
+    """.pgf passes the suffix check but needs LaTeX: one line and exit 2 (it was matplotlib's traceback)."""
+    import matplotlib.figure
+
+    def no_latex(self, *args, **kwargs):
+        raise RuntimeError("'xelatex' not found.  Install it or change rcParams['pgf.texsystem'].\nmore")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", no_latex)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "-o", str(tmp_path / "curves.pgf")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlrun-plot error: cannot write") and "in the .pgf format: 'xelatex' not found." in err
+    assert len(err.strip().splitlines()) == 1
