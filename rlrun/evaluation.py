@@ -107,6 +107,12 @@ def _recording_env(env_cfg: EnvConfig, video_dir: Path) -> gym.Env:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = make_env(env_cfg, render_mode="rgb_array")
+    try:  # a renderer's missing package (pygame, for Box2D and classic control) fails here, not at an evaluation
+        env.reset(seed=0)  # every evaluation episode resets with its own seed: this one leaves no trace
+        env.render()
+    except gym.error.DependencyNotInstalled as exc:
+        env.close()
+        raise ValueError(f"recording video of {env_cfg.id} needs a package that is not installed: {exc}") from None
     with warnings.catch_warnings():  # "overwriting existing videos": several envs share the folder on purpose
         warnings.simplefilter("ignore")
         return gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda _episode: False,

@@ -57,3 +57,22 @@ def test_eval_video_records_one_episode_per_periodic_evaluation(tmp_path):
     assert [v.name for v in videos] == ["step00000150.mp4", "step00000300.mp4"]
     for video in videos:
         assert_playable_mp4(video)
+
+
+def test_a_renderer_s_missing_package_is_refused_when_the_recorder_is_built(tmp_path, monkeypatch):
+    """Without pygame, Gymnasium's classic-control and Box2D envs cannot render: rlrun-eval --video and
+    eval.video=true say so before any episode runs (rlrun-eval printed a traceback from the first render)."""
+    import gymnasium as gym
+    from gymnasium.envs.classic_control.acrobot import AcrobotEnv
+
+    from rlrun.config import EnvConfig
+    from rlrun.evaluation import Evaluator
+
+    def no_pygame(self):
+        raise gym.error.DependencyNotInstalled('pygame is not installed, run `pip install "gymnasium[classic-control]"`')
+
+    monkeypatch.setattr(AcrobotEnv, "render", no_pygame)
+    with pytest.raises(ValueError, match="recording video of Acrobot-v1 needs a package that is not installed: "
+                                         "pygame is not installed"):
+        Evaluator(EnvConfig(id="Acrobot-v1"), 1, 0, video_dir=tmp_path / "videos")
+    Evaluator(EnvConfig(id="Acrobot-v1"), 1, 0).close()  # without video nothing renders
