@@ -69,9 +69,22 @@ def resolve_source(cfg: TransferConfig) -> Path:
     if not cfg.source:
         raise TransferError(f"transfer={cfg.kind.value} needs transfer.source=<run dir or checkpoint file>")
     path = Path(cfg.source).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / f"{cfg.checkpoint.value}.pt"
-    return path
+    if not path.is_dir():
+        return path
+    wanted = path / "checkpoints" / f"{cfg.checkpoint.value}.pt"
+    if wanted.exists():
+        return wanted
+    others = sorted(p.name for p in (path / "checkpoints").glob("*.pt")) if (path / "checkpoints").is_dir() else []
+    if others:
+        other = Path(others[0]).stem
+        raise TransferError(f"transfer.source={cfg.source} has no checkpoints/{wanted.name} (it has "
+                            f"{', '.join(others)}); transfer.checkpoint={other} starts from its {other}.pt")
+    runs = sorted(p.parent.parent for p in path.glob("*/**/checkpoints/*.pt"))
+    if runs:
+        raise TransferError(f"transfer.source={cfg.source} is not a run directory (it has no checkpoints/) but holds "
+                            f"runs, a sweep's for instance: point it at one of them, e.g. "
+                            f"transfer.source={runs[0]}")
+    return wanted  # load_checkpoint says it does not exist
 
 
 def load_source(cfg: TransferConfig) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:

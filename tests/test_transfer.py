@@ -490,3 +490,19 @@ def test_transfer_none_with_a_source_says_it_is_not_loaded(source, tmp_path, cap
                     "total_steps=64", f"transfer.source={source}")
     assert run.transfer is None
     assert f"transfer=none: transfer.source={source} is not loaded" in capsys.readouterr().out
+
+
+def test_a_source_without_the_chosen_checkpoint_or_a_sweep_dir_is_refused_with_what_would_work(source, tmp_path):
+    import shutil
+
+    only_last = tmp_path / "sweep" / "0"
+    shutil.copytree(source, only_last)
+    (only_last / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(TransferError, match=r"has no checkpoints/best.pt \(it has last.pt\); "
+                                            r"transfer.checkpoint=last starts from its last.pt"):
+        build_run(tmp_path / "a", *CARTPOLE, "transfer=finetune", f"transfer.source={only_last}")
+    with pytest.raises(TransferError, match=f"is not a run directory .* transfer.source={only_last}$"):
+        build_run(tmp_path / "b", *CARTPOLE, "transfer=finetune", f"transfer.source={tmp_path / 'sweep'}")
+    run = build_run(tmp_path / "c", *CARTPOLE, "transfer=finetune", f"transfer.source={only_last}",
+                    "transfer.checkpoint=last")
+    assert run.transfer.report.source.endswith("last.pt")
