@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlrun.files import CheckpointError, atomic_write, atomic_write_text, first_line  # noqa: F401  (re-exported)
+from rlrun.files import (  # noqa: F401  (CheckpointError and DiskFull re-exported)
+    CheckpointError,
+    DiskFull,
+    atomic_write,
+    atomic_write_text,
+    first_line,
+)
 
 FORMAT = "rlrun-checkpoint-v1"
 
@@ -32,20 +38,35 @@ def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.nd
     `path` is the new checkpoint (see `atomic_write`)."""
     path = Path(path)
     payload = dict(payload, format=FORMAT)
+    new_buffer = None
     if buffer is not None:
         buffer_name = f"{path.stem}-buffer-{step}.npz"
+        if not path.with_name(buffer_name).exists():  # else the previous checkpoint's, of this same step
+            new_buffer = path.with_name(buffer_name)
         try:
             atomic_write(path.with_name(buffer_name), lambda handle: np.savez(handle, **buffer))
-        except CheckpointError as exc:  # atomic_write names the new buffer file: what is kept is the old pair
-            raise CheckpointError(f"no space left on the device while writing {path.with_name(buffer_name)} "
-                                  f"(the replay buffer of {path.name}); the previous {path.name} and the buffer "
-                                  f"file it names are kept unchanged") from exc.__cause__
+        except DiskFull as exc:  # atomic_write names the new buffer file: what is kept is the old pair
+            raise DiskFull(f"no space left ({exc.__cause__.strerror}) while writing {path.with_name(buffer_name)} "
+                           f"(the replay buffer of {path.name}); the previous {path.name} and the buffer file it "
+                           f"names are kept unchanged") from exc.__cause__
         payload["buffer_file"] = buffer_name
     # Serialised in memory first: torch's zip writer reports a failed write to a file (a full disk) as a
     # RuntimeError ("unexpected pos"), not as the OSError atomic_write turns into a clear message.
     data = io.BytesIO()
     torch.save(payload, data)
-    atomic_write(path, lambda handle: handle.write(data.getbuffer()), committed)
+    done = []
+
+    def on_commit() -> None:
+        done.append(True)
+        if committed is not None:
+            committed()
+
+    try:
+        atomic_write(path, lambda handle: handle.write(data.getbuffer()), on_commit)
+    except BaseException:
+        if new_buffer is not None and not done:  # no checkpoint names it: it only takes the space the disk lacked
+            new_buffer.unlink(missing_ok=True)
+        raise
     # Only now is the old buffer file unreferenced.
     for old in path.parent.glob(f"{path.stem}-buffer-*.npz"):
         if buffer is None or old.name != payload["buffer_file"]:

@@ -161,6 +161,7 @@ def interrupted_message(exc: Any, run_dir: Path) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from rlrun.files import DiskFull
     from rlrun.run import NonFiniteError, RunInterrupted
     from rlrun.sweep import (
         STOP_MARKER,
@@ -197,7 +198,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if parent is not None and os.getppid() != parent:  # orphaned worker: nobody reads its result; it would
             os._exit(128 + exc.signum)  # wait for ever on loky's pipes, deaf to the signals it blocks
         sys.exit(128 + exc.signum)
-    except NonFiniteError as exc:
+    except (NonFiniteError, DiskFull) as exc:
         _error(str(exc))
         if multirun:
             raise JobFailed(f"rlrun error: {exc}") from None

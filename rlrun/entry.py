@@ -2,7 +2,7 @@
 
 Importing `rlrun.cli` takes ~3 s (torch and the algorithms) before its own `main` can catch anything, and
 `rlrun-eval` and `rlrun-plot` write their one result only when they are done. A Ctrl-C in those moments ends with
-one line and exit status 130, not a traceback. Once `rlrun` trains, a Ctrl-C is the run's (rlrun/run.py: it
+one line and exit status 130 (143 for a SIGTERM), not a traceback. Once `rlrun` trains, a Ctrl-C is the run's (rlrun/run.py: it
 checkpoints, writes summary.json with status interrupted, and says how to resume).
 """
 
@@ -22,12 +22,25 @@ def interrupted(prog: str, detail: str, status: int = EXIT_INTERRUPTED) -> None:
     sys.exit(status)
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM before rlrun's own handlers take over (a run's once it trains, a parallel sweep's): it ends the
+    command as a Ctrl-C does, with exit status 143. Without it a SIGTERM while starting ended the process silently."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def _guarded(prog: str, module: str, function: str, detail: str) -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         command = getattr(importlib.import_module(module), function)
         command()
-    except KeyboardInterrupt:
-        interrupted(prog, *(_end_of_sweep() or (detail, EXIT_INTERRUPTED)))
+    except KeyboardInterrupt as exc:
+        message, status = _end_of_sweep() or (detail, EXIT_INTERRUPTED)
+        if isinstance(exc, Terminated) and status == EXIT_INTERRUPTED:
+            status = 128 + signal.SIGTERM
+        interrupted(prog, message, status)
 
 
 def _end_of_sweep() -> tuple[str, int] | None:

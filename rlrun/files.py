@@ -23,8 +23,101 @@ RUNNING_MARKER = ".running"
 what a parallel sweep stopping on Ctrl-C waits for (rlrun/sweep.py runs_in_progress)."""
 
 
+LOCK_FILE = ".lock"
+"""In every run dir: locked (a POSIX record lock, released when the process ends however it ends) by the rlrun process
+training there, so that a second one, a requeued job overlapping the first say, is refused instead of interleaving
+its rows and checkpoints with the first's. It holds that process's pid and host."""
+
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic_write's temp files
+
+
+class RunDirInUse(ValueError):
+    """Another rlrun process trains in this run directory."""
+
+
+class RunDirLock:
+    """The lock on a run dir's LOCK_FILE, held from `acquire` until `release` or the process's end. A POSIX lock
+    (fcntl.lockf): other processes are refused, this process may take it again (tests build several runs in one
+    directory), and it works over NFS. Where fcntl does not exist (Windows) there is no lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                return  # a file system without locks: run unlocked, as before
+            raise RunDirInUse(f"{self.path.parent} is in use by another rlrun process ({holder}): two runs in one "
+                              f"directory would interleave their evaluations.csv rows and checkpoints. Wait for it "
+                              f"to end (resume=auto then continues from its last checkpoint), or choose another "
+                              f"hydra.run.dir") from None
+        self.fd = fd
+
+    def record(self) -> None:
+        """Write this process into the lock file, for another's refusal to name (once the run is accepted: a refused
+        one leaves the directory as it was)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+
+def remove_stale_temp_files(*directories: Path) -> list[Path]:
+    """Remove `atomic_write` temp files left in `directories` by processes killed mid-write (a `kill -9` during a
+    checkpoint leaves up to a checkpoint's size on disk each time); a live process's are kept (rlrun-eval writing
+    its result beside a training run). Returns what was removed."""
+    removed = []
+    for directory in directories:
+        if not Path(directory).is_dir():
+            continue
+        for path in Path(directory).iterdir():
+            match = _TMP.match(path.name)
+            if match is None or int(match[1]) == os.getpid() or pid_alive(int(match[1])):
+                continue
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or a number os.kill cannot take: leave its file alone
+    return True
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says why and what was kept."""
+
+
+class DiskFull(CheckpointError):
+    """A write failed for want of space (a full disk, a quota, a file-size limit): the run failed, its input was
+    not bad (exit status 1, not 2)."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -58,9 +151,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], committed: Calla
             committed()
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"no space left on the device while writing {path}; the previous "
-                                  f"{path.name} (if any) is kept unchanged") from exc
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise DiskFull(f"no space left ({exc.strerror}) while writing {path}; the previous {path.name} (if any) "
+                           f"is kept unchanged") from exc
         raise
     _fsync_dir(path.parent)
 

@@ -86,10 +86,23 @@ class EvaluationsCsv:
 
     def __init__(self, path: Path, resume_length: int | None = None):
         self.path = path
-        if resume_length is None or not path.exists():
+        self.damage: str | None = None
+        """Set when a resumed run found the file shorter than its checkpoint recorded, or gone: what was lost."""
+        size = path.stat().st_size if resume_length is not None and path.exists() else None
+        if size is not None and size < resume_length:
+            # Lengthening it would pad it with NUL bytes: keep its complete rows and append after them.
+            with open(path, "rb+") as handle:
+                kept = handle.read().rfind(b"\n") + 1
+                handle.truncate(kept)
+            self.damage = (f"{path} is shorter than the checkpoint recorded ({size:,} of {resume_length:,} bytes): "
+                           f"the rows it lacks are lost; new rows follow its last complete one")
+            size = kept or None
+        if size is None:
+            if resume_length is not None and self.damage is None:
+                self.damage = f"{path} was missing: the rows before this session are lost; it starts again"
             with open(path, "w") as handle:
                 handle.write(CSV_HEADER)
-        else:
+        elif size > resume_length:
             with open(path, "r+") as handle:
                 handle.truncate(resume_length)
 

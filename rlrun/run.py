@@ -31,7 +31,7 @@ from rlrun.checkpoint import (
 from rlrun.config import Config, Device, TransferKind
 from rlrun.envs import EnvRunner, check_env_steps, make_env, make_vec_env
 from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
-from rlrun.files import RUNNING_MARKER, first_line, print_line
+from rlrun.files import RUNNING_MARKER, RunDirLock, first_line, print_line, remove_stale_temp_files
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
 from rlrun.networks import check_bf16
 from rlrun.onpolicy import observation_normalizer
@@ -283,7 +283,15 @@ class Run:
     """One training run: `Run(cfg, run_dir, config_yaml).train()` returns the summary dict."""
 
     def __init__(self, cfg: Config, run_dir: Path, config_yaml: str):
+        # One process at a time trains in a run dir (RunDirLock); taken before anything there is read or written.
+        self._lock = RunDirLock(run_dir)
+        lock_existed = self._lock.path.exists()
+        self._lock.acquire()
         try:
+            removed = remove_stale_temp_files(Path(run_dir), Path(run_dir) / "checkpoints")
+            if removed and cfg.log.progress.value != "none":
+                print_line(f"removed {len(removed)} temporary file(s) of a process killed while writing: "
+                           f"{', '.join(path.name for path in removed)}")
             self._build(cfg, run_dir, config_yaml)
         except BaseException:  # refused or failed while being built: its envs (worker processes) must not linger
             for part in ("runner", "evaluator", "logger", "progress"):
@@ -292,7 +300,11 @@ class Run:
                         getattr(self, part).close()
                 except Exception:  # noqa: BLE001  (the error that stopped the build is the one to report)
                     pass
+            if not lock_existed:  # a refused run leaves the directory as it was
+                self._lock.path.unlink(missing_ok=True)
+            self._lock.release()
             raise
+        self._lock.record()
 
     def _build(self, cfg: Config, run_dir: Path, config_yaml: str) -> None:
         self.cfg = cfg
@@ -327,6 +339,10 @@ class Run:
             raise ValueError("algo.cuda_graphs=true cannot be combined with transfer learning (a captured update "
                              "would not see layers frozen or unfrozen, or regrouped learning rates); leave it off")
         self.resume_from = find_resume_checkpoint(cfg.resume, self.run_dir)
+        leftovers = [name for name in ("evaluations.csv", "checkpoints/best.pt") if (self.run_dir / name).exists()]
+        if cfg.resume == "auto" and self.resume_from is None and leftovers and cfg.log.progress.value != "none":
+            print_line(f"resume=auto: {self.run_dir} has no checkpoints/last.pt to continue from (the run there stopped "
+                       f"before its first checkpoint; it holds {', '.join(leftovers)}): starting from step 0")
         if cfg.resume is None:
             refuse_to_overwrite(self.run_dir)
         elif self.resume_from is not None and not self._resumes_in_place():
@@ -343,6 +359,9 @@ class Run:
         self._next_stop_check = 0.0
         self.resume_changes: list[str] = []  # RESUME_MAY_CHANGE settings a resume changed (reported)
         self._best_payload: dict[str, Any] | None = None  # what best.pt holds (a copy also goes into last.pt)
+        # A continuation into a new directory writes the best.pt it carries over with its first last.pt: written at
+        # start, a run that died before its first checkpoint left a best.pt that refused the same command again.
+        self._best_pending = False
 
         seed_everything(cfg.seed)
         probe = make_env(cfg.env)
@@ -424,6 +443,8 @@ class Run:
             self.progress.message(f"resumed from {self.resume_from} at step {start_step:,}"
                                   + (f", with changed settings: {'; '.join(self.resume_changes)}"
                                      if self.resume_changes else ""))
+        if self.csv.damage is not None:
+            self.progress.message(self.csv.damage)
         # Written now that nothing refused the run: a refused one leaves the directory as it was. Without transfer, a
         # report here is a refused or killed transfer run's that no checkpoint goes with (one that does was refused
         # above), and it would make this run's checkpoints look like a transfer run's to a later resume.
@@ -451,7 +472,9 @@ class Run:
                 raise CheckpointError(f"{self.resume_from} is damaged: its copy of the best evaluation's weights "
                                       f"(\"best\") is not a checkpoint payload")
             self._best_payload = best or None
-            if self._best_payload is not None:
+            if not self._resumes_in_place():
+                self._best_pending = self._best_payload is not None
+            elif self._best_payload is not None:
                 save_checkpoint(best_pt, self._best_payload)
             else:
                 best_pt.unlink(missing_ok=True)  # from an evaluation after the checkpoint, which did not count
@@ -459,8 +482,7 @@ class Run:
         kept = self._best_at_or_before(self.resume_from.parent / "best.pt", int(payload["step"]))
         if kept is None:
             return  # `_payload` then leaves "best" out of this run's checkpoints until an evaluation writes one
-        if not self._resumes_in_place():
-            save_checkpoint(best_pt, kept)
+        self._best_pending = not self._resumes_in_place()
         self._best_payload = kept
 
     @staticmethod
@@ -586,6 +608,7 @@ class Run:
             state.best_return_mean = result.return_mean
             self._best_payload = self._payload(step, full=False)  # last.pt carries it too (_restore_best)
             save_checkpoint(self.ckpt_dir / "best.pt", self._best_payload)
+            self._best_pending = False
         self.progress.last_eval_return = result.return_mean
         self.progress.message(f"step {step:,}: eval return {result.return_mean:.1f} ± {result.return_std:.1f}"
                               f" (length {result.length_mean:.0f})")
@@ -613,6 +636,9 @@ class Run:
     def save(self) -> None:
         step = self.runner.global_step
         check_parameters_finite(self.agent)
+        if self._best_pending:  # the best.pt a continuation carries over, with its first last.pt
+            save_checkpoint(self.ckpt_dir / "best.pt", self._best_payload)
+            self._best_pending = False
         save_checkpoint(self.ckpt_dir / "last.pt", self._payload(step, full=True), self.agent.buffer_arrays(),
                         step=step, committed=lambda: setattr(self, "_checkpoint_step", step))
 
@@ -750,6 +776,7 @@ class Run:
         self.logger.close()
         self.evaluator.close()
         self.runner.close()
+        self._lock.release()
 
 
 def check_finite(metrics: dict[str, Any], agent: Agent) -> None:

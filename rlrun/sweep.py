@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ObjectiveMetric
-from rlrun.files import RUNNING_MARKER, atomic_write_text, first_line, literal, print_line
+from rlrun.files import RUNNING_MARKER, atomic_write_text, first_line, literal, pid_alive, print_line
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -506,20 +506,10 @@ def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
             pid = int(marker.read_text().strip() or 0)
         except (OSError, ValueError):  # removed meanwhile (that run has finished), or not rlrun's
             continue
-        if pid > 0 and not _alive(pid):
+        if pid > 0 and not pid_alive(pid):
             continue
         running.append(marker.parent)
     return running
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # PermissionError: someone else's process, alive
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def job_sweep_dir(hydra_cfg: DictConfig) -> Path:

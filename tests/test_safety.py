@@ -524,3 +524,104 @@ def test_a_process_that_leaves_async_envs_open_still_exits(tmp_path, kill_a_work
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and "exiting with the envs open" in proc.stdout, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_checkpoint_that_does_not_fit_after_its_buffer_did_leaves_no_buffer_file(tmp_path, monkeypatch):
+    """The new replay-buffer file fits, the checkpoint naming it does not: the buffer file is removed (it took
+    the space the disk lacked, named by nothing); the previous pair is whole."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, payload(1.0), {"x": np.ones(4)}, step=1)
+    monkeypatch.setattr(files, "open", FullDisk(room=20_000), raising=False)  # the buffer's ~1 KB fits
+    with pytest.raises(files.DiskFull, match="no space left"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}, "step": 2}, {"x": np.zeros(8)}, step=2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-buffer-1.npz", "last.pt"]
+    np.testing.assert_array_equal(load_buffer(path, load_checkpoint(path))["x"], np.ones(4))
+
+
+def test_a_file_size_limit_fails_the_run_with_status_1_and_keeps_its_checkpoint(tmp_path):
+    """`ulimit -f` (EFBIG, SIGXFSZ ignored as a batch system may): a failure, not bad input (exit 1, it was 2 for a
+    full disk and a bare errno for a size limit), saying what was kept."""
+    run_dir = tmp_path / "run"
+    command = (f"ulimit -f 32; trap '' XFSZ; exec {BIN / 'rlrun'} hydra.run.dir={run_dir} log.progress=none "
+               f"algo=dqn env=cartpole network.hidden=[64] total_steps=3000 checkpoint.every_steps=500 "
+               f"eval.every_steps=0 eval.episodes=1 log.tensorboard=false algo.buffer_size=100000")
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    assert "no space left (File too large) while writing" in proc.stderr and "kept unchanged" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and summary["checkpoint_step"] > 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == summary["checkpoint_step"]
+    assert not list((run_dir / "checkpoints").glob(".*.tmp-*"))
+
+
+def test_temp_files_of_a_process_killed_mid_write_are_removed_at_the_next_start(tmp_path):
+    """A `kill -9` during a checkpoint write leaves `.last.pt.tmp-<pid>`, up to a checkpoint's size: the next run
+    in that directory removes it; a live process's temp file (rlrun-eval writing beside the run) stays."""
+    build_run(tmp_path).train()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / "checkpoints" / f".last.pt.tmp-{dead}"
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f".eval_best.json.tmp-{os.getppid()}"
+    live.write_text("{}")
+    run = build_run(tmp_path, "total_steps=1200", "resume=auto")
+    assert not stale.exists() and live.exists()
+    run.close()
+
+
+def test_a_second_process_in_a_run_directory_is_refused(tmp_path):
+    """Two sessions in one directory (a requeued job overlapping the first) interleaved evaluations.csv rows and
+    checkpoints; the second is refused while the first holds the directory's lock, and accepted after."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from rlrun.files import RunDirLock
+        lock = RunDirLock({str(tmp_path)!r})
+        lock.acquire()
+        lock.record()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(files.RunDirInUse, match=f"is in use by another rlrun process \\(pid {holder.pid} on "):
+            build_run(tmp_path)
+        assert not (tmp_path / "evaluations.csv").exists() and not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    build_run(tmp_path).train()  # the lock went with the process
+    assert read_summary(tmp_path)["status"] == "completed"
+
+
+def test_a_continuation_that_dies_before_its_first_checkpoint_can_be_run_again(tmp_path):
+    """Continuing another run's checkpoint into a new directory wrote the best.pt it carries over at start: killed
+    before its first last.pt, the same command was then refused ("already holds a run"), and resume=auto started
+    from step 0. The carried best.pt is written with the first last.pt."""
+    source = tmp_path / "source"
+    build_run(source).train()
+    run = build_run(tmp_path / "new", f"resume={source}", "total_steps=1600")
+    assert not (tmp_path / "new" / "checkpoints" / "best.pt").exists()
+    run.close()  # as if killed here, before its first checkpoint
+    again = build_run(tmp_path / "new", f"resume={source}", "total_steps=1600")
+    assert again.runner.global_step == 800  # the same command continues from the source's step
+    again.train()
+    best = load_checkpoint(tmp_path / "new" / "checkpoints" / "best.pt")
+    assert best["step"] in (400, 800, 1200, 1600)  # carried over, or a better evaluation of the continuation
+
+
+def test_an_evaluations_csv_shorter_than_its_checkpoint_recorded_is_not_padded(tmp_path, capsys):
+    """Lengthening the file to the recorded size filled it with NUL bytes (rlrun-plot then failed on it): the
+    complete rows are kept, new ones follow, and the run says what was lost."""
+    build_run(tmp_path, "log.progress=plain").train()
+    csv_path = tmp_path / "evaluations.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:-1]) + lines[-1][:5])  # the last row cut in the middle
+    build_run(tmp_path, "log.progress=plain", "total_steps=1600", "resume=auto").train()
+    text = csv_path.read_bytes().decode()
+    assert "\0" not in text
+    rows = text.splitlines()
+    assert rows[0].startswith("step,") and rows[1:-2] == [line.rstrip("\n") for line in lines[1:-1]]
+    assert all(len(row.split(",")) == 5 for row in rows[1:]) and int(rows[-1].split(",")[0]) == 1600
+    assert "is shorter than the checkpoint recorded" in capsys.readouterr().out
