@@ -215,8 +215,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if multirun:
             raise JobFailed(f"rlrun error: {message}") from None
         sys.exit(EXIT_FAILED)
-    for summary, directory in runs:
-        _print_summary(summary, directory)
+    if cfg.log.progress != "none":  # `none` prints nothing (summary.json holds it all)
+        for summary, directory in runs:
+            _print_summary(summary, directory)
     # What Hydra's sweepers (Optuna) optimise: objective.metric, mean over the job's seeds.
     return objective_value([summary for summary, _ in runs], cfg.objective.metric)
 

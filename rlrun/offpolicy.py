@@ -117,7 +117,7 @@ class OrnsteinUhlenbeckNoise:
 
     def __init__(self, num_envs: int, action_dim: int, sigma: float, theta: float, dt: float,
                  rng: np.random.Generator, mu: float = 0.0):
-        if theta <= 0 or dt <= 0 or theta * dt >= 1:
+        if not (theta > 0 and dt > 0 and theta * dt < 1):  # NaN fails too
             raise ValueError(f"OU noise needs theta > 0, dt > 0 and theta*dt < 1, got theta={theta}, dt={dt}")
         self.sigma, self.theta, self.dt, self.mu = sigma, theta, dt, mu
         self.rng = rng

@@ -215,6 +215,29 @@ RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:", "algo.compile:",
                      "transfer.source:")  # a resumed transfer run rebuilds from its transfer_report.json
 
 
+def check_budget(cfg: Config) -> str | None:
+    """Refuse a run that would train nothing: total_steps at most `learning_starts` (it would end, "completed",
+    before its first gradient step) or `gradient_steps=0`. Returns a warning where total_steps is below one
+    iteration (a rollout, or `train_freq` vector steps), which the algorithm collects whole: total_steps=1 ran PPO's
+    2,048 steps without a word."""
+    algo = cfg.algo
+    learning_starts = getattr(algo, "learning_starts", None)
+    if learning_starts is not None and cfg.total_steps <= learning_starts:
+        raise ValueError(f"total_steps={cfg.total_steps} ≤ algo.learning_starts={learning_starts}: the run would end "
+                         f"before its first gradient step. Give more total_steps, or a smaller algo.learning_starts")
+    if getattr(algo, "gradient_steps", None) == 0:
+        raise ValueError("algo.gradient_steps=0 trains nothing: give a positive number, or -1 (one per env step "
+                         "collected)")
+    num_envs = int(getattr(algo, "num_envs", 1))
+    per_step = int(getattr(algo, "num_steps", getattr(algo, "train_freq", 1)))
+    what = "num_steps" if hasattr(algo, "num_steps") else "train_freq"
+    if cfg.total_steps < num_envs * per_step:
+        return (f"total_steps={cfg.total_steps:,} is less than one iteration of {algo.name}, algo.num_envs × "
+                f"algo.{what} = {num_envs} × {per_step} = {num_envs * per_step:,} env steps, which it collects whole: "
+                f"this run takes {num_envs * per_step:,}")
+    return None
+
+
 def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:
     """A fresh run, or another run's checkpoint continued here, would truncate evaluations.csv and replace the
     checkpoints of a run already in `run_dir`."""
@@ -316,6 +339,8 @@ class Run:
         check_hyperparameters(cfg.algo)
         if cfg.total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {cfg.total_steps}")
+        if cfg.stop_at_return is not None and math.isnan(cfg.stop_at_return):
+            raise ValueError("stop_at_return=nan would never stop the run: give a number, or null for never")
         if cfg.eval.every_steps < 0 or cfg.checkpoint.every_steps < 0:
             raise ValueError("eval.every_steps and checkpoint.every_steps must be >= 0 (0 = off)")
         if cfg.log.every_steps < 0:
@@ -416,6 +441,9 @@ class Run:
             if self.transfer is not None:
                 self.transfer.load(print_line if cfg.log.progress.value != "none" else None)
 
+        budget_warning = check_budget(cfg)  # after the other checks: theirs say more about a wrong setting
+        if budget_warning is not None and cfg.log.progress.value != "none":
+            print_line(budget_warning)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         csv_length = None
@@ -779,16 +807,20 @@ class Run:
         self._lock.release()
 
 
+DIAGNOSTICS = ("losses/explained_variance",)
+"""Logged beside the losses but trained on by nothing: NaN there (returns that do not vary) is no reason to stop."""
+
+
 def check_finite(metrics: dict[str, Any], agent: Agent) -> None:
     """Stop on a NaN/inf loss: training past it only destroys the last good weights."""
-    tensors = [value for key, value in metrics.items() if key.startswith("losses/")]
+    tensors = [value for key, value in metrics.items() if key.startswith("losses/") and key not in DIAGNOSTICS]
     if not tensors:
         return
     # One device for the stack (the losses' own; Python floats join them there), then one host sync.
     device = next((v.device for v in tensors if isinstance(v, torch.Tensor)), None)
     values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in tensors])
     if not bool(torch.isfinite(values).all()):
-        bad = [key for key, value in metrics.items() if key.startswith("losses/")
+        bad = [key for key, value in metrics.items() if key.startswith("losses/") and key not in DIAGNOSTICS
                and not math.isfinite(float(value))]
         raise NonFiniteError(f"non-finite loss ({', '.join(bad)}); the run stopped")
 

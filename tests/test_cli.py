@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 import yaml
-from conftest import BIN, read_evaluations, read_summary, rlrun
+from conftest import BIN, REPO, read_evaluations, read_summary, rlrun
 
 from rlrun.evaluation import eval_base_seed
 
@@ -440,3 +440,12 @@ def test_without_schema_options_keeps_every_other_line():
             "\n== Config ==\nkey: base_value\n")
     assert without_schema_options(text) == ("head: base_x stays\n== Configuration groups ==\nalgo: a2c, dqn\n"
                                             "network: mlp\n\n== Config ==\nkey: base_value\n")
+
+
+def test_log_progress_none_prints_nothing(tmp_path):
+    """`log.progress=none` prints nothing: the final "[completed] …" line was still printed."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([str(BIN / "rlrun"), f"hydra.run.dir={run_dir}", *TINY, "log.progress=none"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and read_summary(run_dir)["status"] == "completed"

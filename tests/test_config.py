@@ -176,8 +176,8 @@ def test_flush_denormals_sets_the_cpu_flag_for_training_and_for_rlrun_eval(tmp_p
 
     subnormal = torch.full((4,), 1e-40)  # float32 subnormals lie below 1.18e-38
     assert not flushes()
-    overrides = ["algo=dqn", "env=cartpole", "total_steps=64", "eval.episodes=1", "log.tensorboard=false",
-                 "log.progress=none"]
+    overrides = ["algo=dqn", "env=cartpole", "total_steps=64", "algo.learning_starts=32", "algo.train_freq=16",
+                 "algo.gradient_steps=1", "eval.episodes=1", "log.tensorboard=false", "log.progress=none"]
     cfg = compose([*overrides, *([] if flush else ["flush_denormals=false"])])
     run = Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg))
     assert flushes() is flush
@@ -218,7 +218,51 @@ def test_shared_hyperparameter_ranges_accept_every_default_and_refuse_by_name():
         for key, bad, message in [("gamma", 1.5, "must be in [0, 1]"), ("gamma", math.nan, "must be in [0, 1]"),
                                   ("tau", 0.0, "must be in (0, 1]"), ("learning_rate", -1e-3, "must be >= 0"),
                                   ("actor_lr", math.nan, "must be >= 0"), ("target_kl", 0.0, "must be positive"),
-                                  ("gradient_steps", -2, "must be >= 0, or -1")]:
+                                  ("gradient_steps", -2, "must be >= 0, or -1"),
+                                  ("log_std_init", math.nan, "must be a finite number"),
+                                  ("log_std_init", math.inf, "must be a finite number"),
+                                  ("target_entropy", math.nan, "must be a finite number")]:
             if hasattr(defaults, key):
                 with pytest.raises(ValueError, match=re.escape(f"algo.{key} {message}")):
                     check_hyperparameters(dataclasses.replace(defaults, **{key: bad}))
+
+
+def _build(tmp_path, *overrides):
+    from rlrun.run import Run
+
+    cfg = compose(["log.progress=none", "log.tensorboard=false", "eval.episodes=1", *overrides])
+    return Run(OmegaConf.to_object(cfg), tmp_path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["algo=td3", "env=pendulum", "total_steps=1000"], "total_steps=1000 ≤ algo.learning_starts=1000"),
+    (["algo=dqn", "env=cartpole", "algo.gradient_steps=0"], "algo.gradient_steps=0 trains nothing"),
+    (["algo=trpo", "env=pendulum", "algo.n_critic_updates=-3"], "n_critic_updates = 0 would never fit the critic"),
+    (["algo=sac", "env=pendulum", "algo.alpha=nan"], "algo.alpha, algo.n_critics and algo.target_update_interval"),
+    (["algo=td3", "env=pendulum", "algo.noise=ou", "algo.noise_theta=nan"], "OU noise needs theta > 0"),
+    (["algo=dqn", "env=cartpole", "stop_at_return=nan"], "stop_at_return=nan would never stop the run"),
+])
+def test_settings_that_would_train_nothing_or_on_nan_are_refused_before_training(tmp_path, overrides, message):
+    """Each of these ran: a run "completed" without one gradient step, NaN noise or temperature failed at the first
+    loss (found by a fuzz review)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _build(tmp_path, *overrides)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_ppo_with_a_batch_of_one_trains(tmp_path):
+    """One env, one step per rollout: the explained variance of one return is NaN (no variance), a diagnostic that
+    stopped the run as a 'non-finite loss' at step 1."""
+    run = _build(tmp_path, "algo=ppo", "env=cartpole", "total_steps=20", "algo.num_envs=1", "algo.num_steps=1",
+                 "algo.minibatch_size=1")
+    summary = run.train()
+    assert summary["status"] == "completed" and summary["steps_done"] == 20
+
+
+def test_a_budget_below_one_iteration_says_how_many_steps_the_run_takes(tmp_path, capsys):
+    """PPO collects whole rollouts: total_steps=1 ran 2,048 steps without a word."""
+    run = _build(tmp_path, "algo=ppo", "env=cartpole", "total_steps=1", "algo.num_envs=2", "algo.num_steps=16",
+                 "algo.minibatch_size=16", "log.progress=plain")
+    assert ("total_steps=1 is less than one iteration of ppo, algo.num_envs × algo.num_steps = 2 × 16 = 32 env "
+            "steps, which it collects whole: this run takes 32") in capsys.readouterr().out
+    assert run.train()["steps_done"] == 32

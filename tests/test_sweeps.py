@@ -443,7 +443,10 @@ def _start_joblib_sweep(sweep_dir: Path, *extra: str, sweep: tuple[str, ...] = (
 def _wait_until(proc: subprocess.Popen, condition) -> None:
     deadline = time.monotonic() + 240
     while not condition():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:  # its long jobs would train on: the test would wait for them for ever
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(proc.communicate()[0])
         time.sleep(0.05)
 
 
@@ -506,7 +509,7 @@ def test_a_finished_job_continued_with_resume_auto_is_not_waited_for(tmp_path):
     """Continued with resume=auto, a finished job only reloads its last checkpoint and keeps its summary.json: a Ctrl-C
     while the other job trains must not wait for the finished one (an mtime test between evaluations.csv and
     summary.json would have waited 120 s)."""
-    sweep_dir, sweep = tmp_path / "sweep", ("seed=0", "total_steps=1000,1000000")  # job 0 short, job 1 long
+    sweep_dir, sweep = tmp_path / "sweep", ("seed=0", "total_steps=1500,1000000")  # job 0 short, job 1 long
 
     def interrupt_once_job_1_trains(*extra: str) -> str:
         proc = _start_joblib_sweep(sweep_dir, *extra, sweep=sweep)

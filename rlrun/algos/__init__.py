@@ -6,6 +6,7 @@ No base-class tree: an algorithm is a module with a config dataclass and an agen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -76,6 +77,7 @@ NON_NEGATIVE = ("learning_rate", "vf_learning_rate", "actor_lr", "critic_lr", "a
                 "optimizer_eps", "max_grad_norm", "ent_coef", "vf_coef", "exploration_fraction", "learning_starts",
                 "noise_sigma", "target_noise", "noise_clip", "cg_damping")
 POSITIVE_OR_NULL = ("target_kl",)
+FINITE = ("log_std_init", "target_entropy")  # any real number (a NaN or inf would train on NaN actions or losses)
 
 
 def check_hyperparameters(algo_cfg: Any) -> None:
@@ -95,5 +97,7 @@ def check_hyperparameters(algo_cfg: Any) -> None:
             raise ValueError(f"algo.{key} must be >= 0, got {value}")
         if key in POSITIVE_OR_NULL and not value > 0:
             raise ValueError(f"algo.{key} must be positive (or null: off), got {value}")
+        if key in FINITE and not math.isfinite(value):
+            raise ValueError(f"algo.{key} must be a finite number, got {value}")
         if key == "gradient_steps" and value < -1:
             raise ValueError(f"algo.gradient_steps must be >= 0, or -1 (one per env step collected), got {value}")

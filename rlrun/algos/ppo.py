@@ -181,7 +181,11 @@ class PPOAgent(OnPolicyCheckpoint):
             if cfg.target_kl is not None and approx_kl > cfg.target_kl:
                 break
         with torch.no_grad():
-            explained_var = 1.0 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
+            # 1 − Var[returns − values] / Var[returns]; NaN where the returns do not vary (a batch of one), as in SB3
+            # and CleanRL: a diagnostic, not a loss (check_finite leaves it out)
+            returns_var = b_returns.var(unbiased=False)
+            explained_var = torch.where(returns_var > 0, 1.0 - (b_returns - b_values).var(unbiased=False) / returns_var,
+                                        torch.nan)
         metrics.update({
             "losses/policy_loss": pg_loss.detach(), "losses/value_loss": v_loss.detach(),
             "losses/entropy": entropy.detach(), "losses/approx_kl": approx_kl,

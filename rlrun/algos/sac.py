@@ -143,7 +143,7 @@ class SquashedGaussianActor(MLP):
 class SACAgent:
     def __init__(self, cfg: SACConfig, ctx: AgentContext):
         check_common(cfg.batch_size, cfg.train_freq)
-        if cfg.alpha <= 0 or cfg.n_critics <= 0 or cfg.target_update_interval <= 0:
+        if not (cfg.alpha > 0 and cfg.n_critics > 0 and cfg.target_update_interval > 0):  # NaN fails too
             raise ValueError("algo.alpha, algo.n_critics and algo.target_update_interval must be > 0")
         self.cfg = cfg
         self.ctx = ctx

@@ -119,8 +119,9 @@ def assign_flat(params: list[torch.nn.Parameter], vector: torch.Tensor) -> None:
 class TRPOAgent(OnPolicyCheckpoint):
     def __init__(self, cfg: TRPOConfig, ctx: AgentContext):
         self.batch_size = check_batch(cfg.num_steps, ctx.num_envs, cfg.minibatch_size, "trpo")
-        if cfg.target_kl <= 0 or cfg.cg_max_steps <= 0 or cfg.line_search_max_iter <= 0:
-            raise ValueError("algo.target_kl, algo.cg_max_steps and algo.line_search_max_iter must be positive")
+        if not (cfg.target_kl > 0 and cfg.cg_max_steps > 0 and cfg.line_search_max_iter > 0 and cfg.n_critic_updates > 0):
+            raise ValueError("algo.target_kl, algo.cg_max_steps, algo.line_search_max_iter and algo.n_critic_updates "
+                             "must be positive (n_critic_updates = 0 would never fit the critic)")
         if not 0.0 < cfg.line_search_shrinking_factor < 1.0:
             raise ValueError(f"algo.line_search_shrinking_factor must be in (0, 1), "
                              f"got {cfg.line_search_shrinking_factor}")
