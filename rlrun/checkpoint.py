@@ -50,21 +50,18 @@ def save_checkpoint(path: Path, payload: dict[str, Any], buffer: dict[str, np.nd
                            f"(the replay buffer of {path.name}); the previous {path.name} and the buffer file it "
                            f"names are kept unchanged") from exc.__cause__
         payload["buffer_file"] = buffer_name
-    # Serialised in memory first: torch's zip writer reports a failed write to a file (a full disk) as a
-    # RuntimeError ("unexpected pos"), not as the OSError atomic_write turns into a clear message.
-    data = io.BytesIO()
-    torch.save(payload, data)
-    done = []
-
-    def on_commit() -> None:
-        done.append(True)
-        if committed is not None:
-            committed()
-
+    old_inode = path.stat().st_ino if path.exists() else None
     try:
-        atomic_write(path, lambda handle: handle.write(data.getbuffer()), on_commit)
+        # Serialised in memory first: torch's zip writer reports a failed write to a file (a full disk) as a
+        # RuntimeError ("unexpected pos"), not as the OSError atomic_write turns into a clear message.
+        data = io.BytesIO()
+        torch.save(payload, data)
+        atomic_write(path, lambda handle: handle.write(data.getbuffer()), committed)
     except BaseException:
-        if new_buffer is not None and not done:  # no checkpoint names it: it only takes the space the disk lacked
+        # Unless the new checkpoint is in place (a second Ctrl-C can land right after the rename), no checkpoint
+        # names the new buffer file: it would only take the space the disk lacked.
+        replaced = path.exists() and path.stat().st_ino != old_inode
+        if new_buffer is not None and not replaced:
             new_buffer.unlink(missing_ok=True)
         raise
     # Only now is the old buffer file unreferenced.

@@ -43,51 +43,69 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.fd: int | None = None
+        self.before: bytes | None = None
+        """The lock file's content before this process wrote itself there (None: there was no file)."""
 
     def acquire(self) -> None:
+        """Lock, and write this process's pid and host into the file (what another's refusal names)."""
         try:
             import fcntl
         except ImportError:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+        for _ in range(10):  # until the file locked is the one at the path (a refused run may remove its own)
+            existed = self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    return  # a file system without locks: run unlocked, as before
+                raise RunDirInUse(f"{self.path.parent} is in use by another rlrun process ({holder}): two runs in "
+                                  f"one directory would interleave their evaluations.csv rows and checkpoints. Wait "
+                                  f"for it to end (resume=auto then continues from its last checkpoint), or choose "
+                                  f"another hydra.run.dir") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                return  # a file system without locks: run unlocked, as before
-            raise RunDirInUse(f"{self.path.parent} is in use by another rlrun process ({holder}): two runs in one "
-                              f"directory would interleave their evaluations.csv rows and checkpoints. Wait for it "
-                              f"to end (resume=auto then continues from its last checkpoint), or choose another "
-                              f"hydra.run.dir") from None
+        else:
+            return  # the file keeps being replaced: run unlocked rather than not at all
+        self.before = os.pread(fd, 4096, 0) if existed else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
         self.fd = fd
 
-    def record(self) -> None:
-        """Write this process into the lock file, for another's refusal to name (once the run is accepted: a refused
-        one leaves the directory as it was)."""
-        if self.fd is not None:
+    def release(self, refused: bool = False) -> None:
+        """Drop the lock (closing the descriptor drops it). `refused`: the run did not start, so the directory is
+        left as it was: the previous content written back, or the file removed where there was none."""
+        if self.fd is None:
+            return
+        if refused and self.before is None:
+            self.path.unlink(missing_ok=True)
+        elif refused:
             os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the lock
-            self.fd = None
+            os.pwrite(self.fd, self.before, 0)
+        os.close(self.fd)
+        self.fd = None
 
 
-def remove_stale_temp_files(*directories: Path) -> list[Path]:
-    """Remove `atomic_write` temp files left in `directories` by processes killed mid-write (a `kill -9` during a
-    checkpoint leaves up to a checkpoint's size on disk each time); a live process's are kept (rlrun-eval writing
-    its result beside a training run). Returns what was removed."""
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the `atomic_write` temp files that training processes left in `run_dir` and its checkpoints/ when
+    killed mid-write (a `kill -9` during a checkpoint leaves up to a checkpoint's size each time). Called with the
+    run dir's lock held, so no other training process writes there; `rlrun-eval`, which takes no lock, writes only
+    `eval_*.json`, whose temp files are left alone. Returns what was removed."""
     removed = []
-    for directory in directories:
-        if not Path(directory).is_dir():
+    for directory in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not directory.is_dir():
             continue
-        for path in Path(directory).iterdir():
-            match = _TMP.match(path.name)
-            if match is None or int(match[1]) == os.getpid() or pid_alive(int(match[1])):
+        for path in directory.iterdir():
+            if _TMP.match(path.name) is None or path.name.startswith(".eval_"):
                 continue
             try:
                 path.unlink()
@@ -98,13 +116,15 @@ def remove_stale_temp_files(*directories: Path) -> list[Path]:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this host)."""
+    """Whether a process with this pid exists (on this host; POSIX only: on Windows os.kill would end it)."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's process, or a number os.kill cannot take: leave its file alone
+    except (OSError, OverflowError, ValueError):
+        return True  # someone else's process (PermissionError), or a number os.kill cannot take
     return True
 
 

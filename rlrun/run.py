@@ -308,10 +308,9 @@ class Run:
     def __init__(self, cfg: Config, run_dir: Path, config_yaml: str):
         # One process at a time trains in a run dir (RunDirLock); taken before anything there is read or written.
         self._lock = RunDirLock(run_dir)
-        lock_existed = self._lock.path.exists()
         self._lock.acquire()
         try:
-            removed = remove_stale_temp_files(Path(run_dir), Path(run_dir) / "checkpoints")
+            removed = remove_stale_temp_files(Path(run_dir))
             if removed and cfg.log.progress.value != "none":
                 print_line(f"removed {len(removed)} temporary file(s) of a process killed while writing: "
                            f"{', '.join(path.name for path in removed)}")
@@ -323,11 +322,8 @@ class Run:
                         getattr(self, part).close()
                 except Exception:  # noqa: BLE001  (the error that stopped the build is the one to report)
                     pass
-            if not lock_existed:  # a refused run leaves the directory as it was
-                self._lock.path.unlink(missing_ok=True)
-            self._lock.release()
+            self._lock.release(refused=True)  # a refused run leaves the directory as it was
             raise
-        self._lock.record()
 
     def _build(self, cfg: Config, run_dir: Path, config_yaml: str) -> None:
         self.cfg = cfg

@@ -383,7 +383,12 @@ class Transfer:
         report.unused_source = sorted(set(source) - used)
         obs_norm = observation_normalizer(self.agent)
         if self.cfg.obs_norm:
-            stats, origin = stored_obs_norm(path, meta)
+            try:
+                stats, origin = stored_obs_norm(path, meta)
+            except CheckpointError:
+                if obs_norm is not None:
+                    raise
+                stats = None  # this run would not use them: a damaged last.pt beside the source is not its concern
             if stats is not None and obs_norm is None:  # its weights were trained on normalised inputs
                 report.obs_norm_skipped = (f"{origin} holds the source's statistics, but this run does not normalise "
                                            f"its observations: the loaded weights see raw ones (an on-policy "

@@ -539,6 +539,43 @@ def test_a_checkpoint_that_does_not_fit_after_its_buffer_did_leaves_no_buffer_fi
     np.testing.assert_array_equal(load_buffer(path, load_checkpoint(path))["x"], np.ones(4))
 
 
+def test_a_ctrl_c_right_after_the_checkpoint_s_rename_keeps_the_buffer_it_names(tmp_path, monkeypatch):
+    """The new last.pt is in place when the interrupt lands: the buffer file it names must stay (a review found the
+    cleanup of an unreferenced buffer deleting it, which left a run that could not be resumed)."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, payload(1.0), {"x": np.ones(4)}, step=1)
+    real_replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == path:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, payload(2.0), {"x": np.full(4, 2.0)}, step=2)
+    monkeypatch.undo()
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 2 and loaded["buffer_file"] == "last-buffer-2.npz"
+    np.testing.assert_array_equal(load_buffer(path, loaded)["x"], np.full(4, 2.0))
+
+
+def test_a_refused_run_leaves_the_lock_file_as_it_was(tmp_path):
+    """The lock file holds the pid of the process training there (what a refusal names); a refused run writes it
+    back as it was, or removes it where there was none."""
+    build_run(tmp_path).train()
+    before = (tmp_path / ".lock").read_bytes()
+    assert before.startswith(f"pid {os.getpid()} on ".encode())
+    (tmp_path / ".lock").write_bytes(b"pid 1 on elsewhere\n")
+    with pytest.raises(ValueError, match="already holds a run"):
+        build_run(tmp_path)
+    assert (tmp_path / ".lock").read_bytes() == b"pid 1 on elsewhere\n"
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError):
+        build_run(fresh, "total_steps=-1")
+    assert not (fresh / ".lock").exists()
+
+
 def test_a_file_size_limit_fails_the_run_with_status_1_and_keeps_its_checkpoint(tmp_path):
     """`ulimit -f` (EFBIG, SIGXFSZ ignored as a batch system may): a failure, not bad input (exit 1, it was 2 for a
     full disk and a bare errno for a size limit), saying what was kept."""
@@ -579,7 +616,6 @@ def test_a_second_process_in_a_run_directory_is_refused(tmp_path):
         from rlrun.files import RunDirLock
         lock = RunDirLock({str(tmp_path)!r})
         lock.acquire()
-        lock.record()
         print("locked", flush=True)
         time.sleep(60)
     """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
