@@ -428,7 +428,7 @@ class Run:
                 check_not_a_transfer_run(self.resume_from)
             try:
                 self._restore(resume_payload)
-            except (KeyError, TypeError, IndexError, AttributeError) as exc:  # readable, but not a whole run state
+            except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:  # readable, not a whole run state
                 raise CheckpointError(f"{self.resume_from} does not hold a whole rlrun run state ({type(exc).__name__}: "
                                       f"{exc}); it is damaged or was not written by rlrun's training loop") from None
         else:

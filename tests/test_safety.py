@@ -409,6 +409,21 @@ def test_a_damaged_last_pt_is_refused_on_resume_naming_what_is_wrong(tmp_path, t
         build_run(run_dir, "total_steps=800", "resume=auto")
 
 
+def test_a_last_pt_whose_run_state_holds_the_wrong_kind_of_value_is_refused_naming_it(tmp_path, trained_run):
+    """A hand-edited runner state (a step that is not a number): the error named neither the file nor the field's
+    role ("invalid literal for int() with base 10: 'garbage'"); now it names the checkpoint."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    payload["runner_state"]["global_step"] = "garbage"
+    torch.save(payload, last)
+    with pytest.raises(CheckpointError, match=f"{last} does not hold a whole rlrun run state \\(ValueError: "):
+        build_run(run_dir, "total_steps=1600", "resume=auto")
+
+
 def test_a_checkpoint_from_before_best_was_kept_in_last_pt_keeps_its_best_pt(tmp_path):
     """A last.pt written before it carried "best": the best.pt beside it stays, and is what this run's later
     checkpoints carry (a review found the next resume deleting it when no new evaluation beat the old best)."""
