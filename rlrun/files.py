@@ -28,7 +28,7 @@ LOCK_FILE = ".lock"
 training there, so that a second one, a requeued job overlapping the first say, is refused instead of interleaving
 its rows and checkpoints with the first's. It holds that process's pid and host."""
 
-_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic_write's temp files
+_TMP = re.compile(r"^\..+\.tmp-\d+$")  # atomic_write's temp files
 
 
 class RunDirInUse(ValueError):
@@ -38,7 +38,7 @@ class RunDirInUse(ValueError):
 class RunDirLock:
     """The lock on a run dir's LOCK_FILE, held from `acquire` until `release` or the process's end. A POSIX lock
     (fcntl.lockf): other processes are refused, this process may take it again (tests build several runs in one
-    directory), and it works over NFS. Where fcntl does not exist (Windows) there is no lock."""
+    directory). Where fcntl does not exist (Windows) there is no lock."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
@@ -113,19 +113,6 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
             except OSError:
                 pass
     return removed
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this host; POSIX only: on Windows os.kill would end it)."""
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError, ValueError):
-        return True  # someone else's process (PermissionError), or a number os.kill cannot take
-    return True
 
 
 class CheckpointError(RuntimeError):

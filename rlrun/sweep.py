@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlrun.config import ObjectiveMetric
-from rlrun.files import RUNNING_MARKER, atomic_write_text, first_line, literal, pid_alive, print_line
+from rlrun.files import RUNNING_MARKER, atomic_write_text, first_line, literal, print_line
 
 SUMMARY_CSV = "sweep_summary.csv"
 # Keys that never tell configurations apart: the seed is what we average over; the rest is bookkeeping.
@@ -506,10 +506,23 @@ def runs_in_progress(sweep_dir: Path, since: float) -> list[Path]:
             pid = int(marker.read_text().strip() or 0)
         except (OSError, ValueError):  # removed meanwhile (that run has finished), or not rlrun's
             continue
-        if pid > 0 and not pid_alive(pid):
+        if pid > 0 and not _alive(pid):
             continue
         running.append(marker.parent)
     return running
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this host; POSIX only: on Windows os.kill would end it)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):
+        return True  # someone else's process (PermissionError), or a number os.kill cannot take
+    return True
 
 
 def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
