@@ -222,3 +222,46 @@ def test_actions_are_uniformly_random_until_learning_starts():
     agent.train_iteration(runner)
     assert greedy_calls == [200] and agent.n_updates > 0
     envs.close()
+
+
+@pytest.mark.parametrize("double", [False, True])
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, double, loss):
+    """The fp32 CPU update takes its gradients from rlrun/backprop.py instead of autograd: the weights after
+    several phases (Huber's linear part, clipping and Adam's flat buffer included) must be autograd's, bit for bit."""
+    import copy
+
+    import gymnasium as gym
+
+    from rlrun.algos.dqn import DQNAgent, DQNConfig, TDLoss, td_loss, td_loss_grad
+    from rlrun.algos.protocol import AgentContext
+    from rlrun.backprop import MLPBackprop
+    from rlrun.config import NetworkConfig
+
+    q_taken = torch.tensor([-3.0, -0.5, 0.0, 0.25, 2.0], requires_grad=True)
+    targets = torch.tensor([0.0, 0.1, -1.0, 0.25, -0.5])
+    td_loss(q_taken, targets, TDLoss(loss)).backward()
+    assert torch.equal(td_loss_grad(q_taken.detach(), targets, TDLoss(loss)), q_taken.grad)
+
+    torch.manual_seed(0)
+    ctx = AgentContext(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(3),
+                       NetworkConfig(hidden=[32, 32]), torch.device("cpu"), 0, 1000, 1)
+    agent = DQNAgent(DQNConfig(batch_size=16, double=double, loss=TDLoss(loss), learning_rate=0.05,
+                               max_grad_norm=1.0), ctx)
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        agent.buffer.add(rng.normal(size=(1, 3)), rng.integers(0, 3, 1), 5 * rng.normal(size=1),
+                         rng.normal(size=(1, 3)), (rng.random(1) < 0.2).astype(np.float32))
+    reference = copy.deepcopy(agent)
+    backward_calls = []
+    real_backward = MLPBackprop.backward
+    monkeypatch.setattr(MLPBackprop, "backward", lambda self, g: backward_calls.append(1) or real_backward(self, g))
+    ours = [agent.update() for _ in range(5)]
+    assert len(backward_calls) == 20  # 5 phases of 4 gradient steps, none through autograd
+    monkeypatch.setattr(MLPBackprop, "usable", lambda self: False)
+    theirs = [reference.update() for _ in range(5)]
+    assert len(backward_calls) == 20
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a["losses/td_loss"], b["losses/td_loss"])
+    for (name, mine), other in zip(agent.q.state_dict().items(), reference.q.state_dict().values()):
+        assert torch.equal(mine, other), name

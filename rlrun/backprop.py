@@ -1,0 +1,131 @@
+"""An MLP's forward and backward written out as plain tensor ops: a gradient step without autograd.
+
+On a CPU the networks RL trains are small enough that autograd's bookkeeping costs more than the arithmetic:
+recording the graph in the forward pass, then the engine walking it node by node in the backward pass, each
+node's Python-free but still per-call overhead, and the gradients then copied into the optimizer's flat buffer.
+A DQN gradient step at rl-zoo's LunarLander settings (batch 128, [256, 256] ReLU) took ~1,300 µs through
+autograd against ~620 µs written out (one thread, the same kernels; bench/results.md, session 28).
+
+`MLPBackprop.forward` runs the MLP's layers as `nn.Linear` and the activation modules do, keeping what the
+backward needs; `backward(grad_output)` then writes each trainable parameter's gradient with the same aten
+kernels autograd's `AddmmBackward0` and the activations' backward nodes call (`mm`, `sum`,
+`threshold_backward`, ...), so the gradients are those of `loss.backward()` after `zero_grad()`: *written*, not
+added, and into the existing `.grad` tensors where there are some (the optimizer's flat gradient buffer, see
+`FusedAdam`), so nothing is copied. Frozen parameters (`requires_grad=False`, transfer learning) get none, and
+the backward stops below the lowest layer that trains.
+
+`MLPBackprop.usable()` says where it can stand in for autograd: a CPU, fp32 weights, no autocast (`algo.bf16`),
+and no hooks on the modules or parameters (autograd would run them; this does not). Elsewhere the caller uses
+autograd, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as module_globals
+
+from rlrun.networks import MLP
+
+aten = torch.ops.aten
+
+# activation module type → (forward on the pre-activation, backward from (grad, pre-activation, output)). The
+# backward ops are the ones autograd records for each activation; ReLU and Tanh take theirs from the output, so
+# their forward can run in place.
+Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+Backward = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ACTIVATION_GRADS: dict[type[nn.Module], tuple[Forward, Backward]] = {
+    nn.ReLU: (lambda m, x: x.relu_(),
+              lambda m, g, x, y: aten.threshold_backward(g, y, 0)),
+    nn.Tanh: (lambda m, x: x.tanh_(),
+              lambda m, g, x, y: aten.tanh_backward(g, y)),
+    nn.ELU: (lambda m, x: F.elu(x, m.alpha),
+             lambda m, g, x, y: aten.elu_backward(g, m.alpha, 1, 1, False, x)),
+    nn.GELU: (lambda m, x: F.gelu(x, approximate=m.approximate),
+              lambda m, g, x, y: aten.gelu_backward(g, x, approximate=m.approximate)),
+    nn.SiLU: (lambda m, x: F.silu(x),
+              lambda m, g, x, y: aten.silu_backward(g, x)),
+    nn.LeakyReLU: (lambda m, x: F.leaky_relu(x, m.negative_slope),
+                   lambda m, g, x, y: aten.leaky_relu_backward(g, x, m.negative_slope, False)),
+}
+
+
+class MLPBackprop:
+    """Forward and backward of one `MLP` without autograd (module docstring). Not thread-safe: `forward` keeps
+    the activations that the next `backward` uses."""
+
+    def __init__(self, mlp: MLP):
+        self.mlp = mlp
+        linears = [m for m in mlp.body if isinstance(m, nn.Linear)] + [mlp.head]
+        activations = [m for m in mlp.body if not isinstance(m, nn.Linear)]
+        self.layers: list[tuple[nn.Linear, nn.Module | None]] = list(zip(linears, [*activations, None]))
+        self.supported = (len(activations) == len(linears) - 1
+                          and all(type(m) in ACTIVATION_GRADS for m in activations)
+                          and list(mlp.body) == [m for pair in self.layers[:-1] for m in pair])
+        self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def usable(self) -> bool:
+        """Whether `forward`/`backward` compute what autograd would here, now (module docstring)."""
+        if not self.supported or torch.is_autocast_enabled("cpu"):
+            return False
+        if (module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
+                or module_globals._global_backward_hooks or module_globals._global_backward_pre_hooks):
+            return False
+        for m in self.mlp.modules():
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+                return False
+        for p in self.mlp.parameters():
+            if not p.is_cpu or p.dtype != torch.float32 or p._backward_hooks or p._post_accumulate_grad_hooks:
+                return False
+        return True
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's output for `x` ([batch, in]), keeping each layer's input, pre-activation and output."""
+        self._saved = []
+        for linear, activation in self.layers:
+            pre = F.linear(x, linear.weight, linear.bias)
+            if activation is None:
+                self._saved.append((x, pre, pre))
+                return pre
+            keep_pre = type(activation) not in (nn.ReLU, nn.Tanh)  # those two run in place on it
+            out = ACTIVATION_GRADS[type(activation)][0](activation, pre)
+            self._saved.append((x, pre if keep_pre else out, out))
+            x = out
+        raise AssertionError("unreachable: the last layer has no activation")
+
+    @torch.no_grad()
+    def backward(self, grad_output: torch.Tensor) -> None:
+        """Write d(loss)/d(parameter) into each trainable parameter's `.grad`, given d(loss)/d(output) of the last
+        `forward` (as `zero_grad()` then `loss.backward()` would leave them)."""
+        for param in self.mlp.parameters():
+            if not param.requires_grad:
+                param.grad = None  # as zero_grad() leaves it: backward gives a frozen parameter none
+        trains = [linear.weight.requires_grad or linear.bias.requires_grad for linear, _ in self.layers]
+        if not any(trains):
+            return
+        lowest = trains.index(True)
+        grad = grad_output
+        for k in range(len(self.layers) - 1, lowest - 1, -1):
+            linear, activation = self.layers[k]
+            x, pre, out = self._saved[k]
+            if activation is not None:
+                grad = ACTIVATION_GRADS[type(activation)][1](activation, grad, pre, out)
+            weight, bias = linear.weight, linear.bias
+            if weight.requires_grad:  # AddmmBackward0's weight gradient, computed in the weight's layout
+                if weight.grad is None:
+                    weight.grad = torch.mm(grad.t(), x)
+                else:  # written into the existing tensor: a view of the optimizer's flat gradient, no copy
+                    torch.mm(grad.t(), x, out=weight.grad)
+            if bias.requires_grad:
+                if bias.grad is None:
+                    bias.grad = grad.sum(0)
+                else:
+                    torch.sum(grad, 0, out=bias.grad)
+            if k > lowest:
+                grad = torch.mm(grad, linear.weight)
+        self._saved = []
+
