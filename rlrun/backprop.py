@@ -65,67 +65,78 @@ class MLPBackprop:
         self.supported = (len(activations) == len(linears) - 1
                           and all(type(m) in ACTIVATION_GRADS for m in activations)
                           and list(mlp.body) == [m for pair in self.layers[:-1] for m in pair])
+        # Listed by `usable()`, not at every `backward`: walking the module tree costs ~15 µs a call.
+        self.modules = list(mlp.modules())
+        self.params = list(mlp.parameters())
         self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def usable(self) -> bool:
         """Whether `forward`/`backward` compute what autograd would here, now (module docstring)."""
         if not self.supported or torch.is_autocast_enabled("cpu"):
             return False
+        self.params = list(self.mlp.parameters())
         if (module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
                 or module_globals._global_backward_hooks or module_globals._global_backward_pre_hooks):
             return False
-        for m in self.mlp.modules():
+        for m in self.modules:
             if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
                 return False
-        for p in self.mlp.parameters():
+        for p in self.params:
             if not p.is_cpu or p.dtype != torch.float32 or p._backward_hooks or p._post_accumulate_grad_hooks:
                 return False
         return True
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP's output for `x` ([batch, in]), keeping each layer's input, pre-activation and output."""
-        self._saved = []
-        for linear, activation in self.layers:
-            pre = F.linear(x, linear.weight, linear.bias)
-            if activation is None:
-                self._saved.append((x, pre, pre))
-                return pre
-            keep_pre = type(activation) not in (nn.ReLU, nn.Tanh)  # those two run in place on it
-            out = ACTIVATION_GRADS[type(activation)][0](activation, pre)
-            self._saved.append((x, pre if keep_pre else out, out))
-            x = out
+        saved = self._saved = []
+        with torch.no_grad():
+            for linear, activation in self.layers:
+                pre = F.linear(x, linear.weight, linear.bias)
+                if activation is None:
+                    saved.append((x, pre, pre))
+                    return pre
+                keep_pre = type(activation) not in (nn.ReLU, nn.Tanh)  # those two run in place on it
+                out = ACTIVATION_GRADS[type(activation)][0](activation, pre)
+                saved.append((x, pre if keep_pre else out, out))
+                x = out
         raise AssertionError("unreachable: the last layer has no activation")
 
-    @torch.no_grad()
-    def backward(self, grad_output: torch.Tensor) -> None:
-        """Write d(loss)/d(parameter) into each trainable parameter's `.grad`, given d(loss)/d(output) of the last
-        `forward` (as `zero_grad()` then `loss.backward()` would leave them)."""
-        for param in self.mlp.parameters():
-            if not param.requires_grad:
-                param.grad = None  # as zero_grad() leaves it: backward gives a frozen parameter none
-        trains = [linear.weight.requires_grad or linear.bias.requires_grad for linear, _ in self.layers]
-        if not any(trains):
-            return
-        lowest = trains.index(True)
-        grad = grad_output
-        for k in range(len(self.layers) - 1, lowest - 1, -1):
-            linear, activation = self.layers[k]
-            x, pre, out = self._saved[k]
-            if activation is not None:
-                grad = ACTIVATION_GRADS[type(activation)][1](activation, grad, pre, out)
-            weight, bias = linear.weight, linear.bias
-            if weight.requires_grad:  # AddmmBackward0's weight gradient, computed in the weight's layout
-                if weight.grad is None:
-                    weight.grad = torch.mm(grad.t(), x)
-                else:  # written into the existing tensor: a view of the optimizer's flat gradient, no copy
-                    torch.mm(grad.t(), x, out=weight.grad)
-            if bias.requires_grad:
-                if bias.grad is None:
-                    bias.grad = grad.sum(0)
-                else:
-                    torch.sum(grad, 0, out=bias.grad)
-            if k > lowest:
-                grad = torch.mm(grad, linear.weight)
-        self._saved = []
+    def backward(self, grad_output: torch.Tensor, parameters: bool = True,
+                 input_grad: bool = False) -> torch.Tensor | None:
+        """Backpropagate d(loss)/d(output) of the last `forward`.
 
+        With `parameters`, write d(loss)/d(parameter) into each trainable parameter's `.grad`, as `zero_grad()`
+        then `loss.backward()` would leave them; without, leave every `.grad` alone (as `backward(inputs=...)`
+        naming other tensors does). With `input_grad`, return d(loss)/d(input), else None.
+        """
+        layers = self.layers
+        lowest = len(layers)  # the lowest layer whose parameters get gradients
+        if parameters:
+            for param in self.params:
+                if not param.requires_grad:
+                    param.grad = None  # as zero_grad() leaves it: backward gives a frozen parameter none
+            trains = [linear.weight.requires_grad or linear.bias.requires_grad for linear, _ in layers]
+            lowest = trains.index(True) if True in trains else len(layers)
+        stop = 0 if input_grad else lowest  # how far down the gradient must go
+        grad = grad_output
+        with torch.no_grad():
+            for k in range(len(layers) - 1, stop - 1, -1):
+                linear, activation = layers[k]
+                x, pre, out = self._saved[k]
+                if activation is not None:
+                    grad = ACTIVATION_GRADS[type(activation)][1](activation, grad, pre, out)
+                weight, bias = linear.weight, linear.bias
+                if k >= lowest and weight.requires_grad:  # AddmmBackward0's, computed in the weight's layout
+                    if weight.grad is None:
+                        weight.grad = torch.mm(grad.t(), x)
+                    else:  # written into the existing tensor: a view of the optimizer's flat gradient, no copy
+                        torch.mm(grad.t(), x, out=weight.grad)
+                if k >= lowest and bias.requires_grad:
+                    if bias.grad is None:
+                        bias.grad = grad.sum(0)
+                    else:
+                        torch.sum(grad, 0, out=bias.grad)
+                if k > stop or input_grad:
+                    grad = torch.mm(grad, weight)
+        self._saved = []
+        return grad if input_grad else None

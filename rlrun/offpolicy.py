@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlrun.backprop import MLPBackprop
 from rlrun.buffers import ReplayBuffer
 from rlrun.config import NetworkConfig
 from rlrun.envs import EnvRunner, Step
@@ -84,6 +85,53 @@ def actor_backward(loss: torch.Tensor, actor: nn.Module) -> None:
     """Backpropagate the actor loss into the actor's trainable parameters only: the critics' weight gradients
     would be thrown away, and a layer frozen by transfer learning (requires_grad False) takes none."""
     loss.backward(inputs=[p for p in actor.parameters() if p.requires_grad])
+
+
+class CriticsBackprop:
+    """The critics' forward and backward written out, without autograd (rlrun/backprop.py), for the fp32
+    update on a CPU; the same values and gradients, bit for bit."""
+
+    def __init__(self, critics: Critics, obs_dim: int):
+        self.nets = [MLPBackprop(q) for q in critics.q]
+        self.obs_dim = obs_dim
+
+    def usable(self) -> bool:
+        return all(net.usable() for net in self.nets)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, first: int | None = None) -> torch.Tensor:
+        """`Critics.forward`, keeping each critic's activations for one `backward` or `action_grad`."""
+        x = torch.cat([obs, actions], dim=1)
+        nets = self.nets if first is None else self.nets[:first]
+        return torch.stack([net.forward(x).squeeze(-1) for net in nets])
+
+    def backward(self, grad_q: torch.Tensor) -> None:
+        """The critics' parameter gradients (into `.grad`, replacing) from d(loss)/dQ, shape [n, batch]."""
+        for net, grad in zip(self.nets, grad_q):
+            net.backward(grad.unsqueeze(-1))
+
+    def action_grad(self, grad_q: torch.Tensor) -> torch.Tensor:
+        """d(loss)/d(actions) from d(loss)/dQ of the first len(grad_q) critics; no parameter gradients (what
+        `actor_backward` computes on the way to the actor)."""
+        total = None
+        for net, grad in zip(self.nets, grad_q):
+            action_grad = net.backward(grad.unsqueeze(-1), parameters=False, input_grad=True)[:, self.obs_dim:]
+            total = action_grad if total is None else total + action_grad
+        return total
+
+
+def mean_grad(n: int) -> float:
+    """1/n as autograd's mean backward computes it (a float32 division), for gradients equal to its bit for bit."""
+    return float(torch.ones(()) / n)
+
+
+def deterministic_actor_step(actor: MLPBackprop, critics: CriticsBackprop, obs: torch.Tensor) -> torch.Tensor:
+    """The DDPG/TD3 actor loss −mean Q_1(s, tanh(μ(s))), its gradients written into the actor's `.grad` (those
+    of `actor_backward`; the critics' `.grad` untouched); returns the loss."""
+    actions = actor.forward(obs).tanh()  # DeterministicActor: tanh of the MLP
+    q = critics.forward(obs, actions, first=1)
+    grad_actions = critics.action_grad(torch.full_like(q, -mean_grad(q.numel())))
+    actor.backward(torch.ops.aten.tanh_backward(grad_actions, actions))
+    return -q.mean()
 
 
 class GaussianNoise:

@@ -301,9 +301,9 @@ def test_zoo_presets_set_every_algo_field(preset, config_cls):
     assert set(written) == {f.name for f in dataclasses.fields(cls)} - {"name"}
 
 
-def bf16_pendulum_agent(algo: str, hidden: str):
-    """A bf16 agent and its env runner on Pendulum, built below Run's hardware check (which refuses bf16 where
-    it is emulated), so the update itself is tested on any CPU."""
+def pendulum_agent(algo: str, hidden: str, *overrides: str):
+    """An agent and its env runner on Pendulum, built below Run (whose hardware check refuses bf16 where it is
+    emulated), so the update itself is tested on any CPU."""
     from omegaconf import OmegaConf
 
     from rlrun.algos import ALGORITHMS
@@ -311,7 +311,7 @@ def bf16_pendulum_agent(algo: str, hidden: str):
     from rlrun.envs import EnvRunner, make_vec_env
 
     cfg = OmegaConf.to_object(compose([f"algo={algo}", "env=pendulum", "algo.learning_starts=64",
-                                       "algo.batch_size=16", f"network.hidden={hidden}", "algo.bf16=true"]))
+                                       "algo.batch_size=16", f"network.hidden={hidden}", *overrides]))
     torch.manual_seed(0)
     runner = EnvRunner(make_vec_env(cfg.env, 1), seed=0)
     ctx = AgentContext(runner.single_observation_space, runner.single_action_space, cfg.network,
@@ -322,7 +322,7 @@ def bf16_pendulum_agent(algo: str, hidden: str):
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
 def test_bf16_update_learns_the_critic_on_any_cpu(algo):
     """The bf16 update: finite losses, fp32 weights, and weights that move."""
-    runner, agent = bf16_pendulum_agent(algo, "[16,16]")
+    runner, agent = pendulum_agent(algo, "[16,16]", "algo.bf16=true")
     critic_before = [p.detach().clone() for p in agent.critic.parameters()]
     metrics = {}
     while runner.global_step < 100:
@@ -353,7 +353,7 @@ def test_bf16_update_keeps_output_layers_fp32_forward_and_backward(algo):
                 (self.head if head else self.hidden).add((a.dtype, b.dtype))
             return func(*args, **(kwargs or {}))
 
-    runner, agent = bf16_pendulum_agent(algo, "[24,40]")
+    runner, agent = pendulum_agent(algo, "[24,40]", "algo.bf16=true")
     while runner.global_step < 64:
         agent.train_iteration(runner)
     dtypes = MatmulDtypes()
@@ -385,3 +385,34 @@ def test_agent_random_stream_is_not_env_zeros(algo):
     assert np.array_equal(draws[0], draws[1])  # reproducible from the seed
     assert not np.allclose(draws[0], env_stream.random(8))
     assert not np.allclose(draws[0], np.random.default_rng(3).random(8))
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3"])
+def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo):
+    """The fp32 CPU update takes its gradients from rlrun/backprop.py instead of autograd: after 40 updates
+    (TD3's delayed actor and its target noise included) every network's weights must be autograd's, bit for bit."""
+    import copy
+
+    from rlrun.backprop import MLPBackprop
+
+    runner, agent = pendulum_agent(algo, "[24,40]")
+    while runner.global_step < 64:  # fill the buffer with the random warm-up (no update yet)
+        agent.train_iteration(runner)
+    reference = copy.deepcopy(agent)
+    calls = []
+    real_backward = MLPBackprop.backward
+    monkeypatch.setattr(MLPBackprop, "backward", lambda self, *a, **k: calls.append(1) or real_backward(self, *a, **k))
+    torch.manual_seed(5)
+    ours = [agent.update() for _ in range(40)]
+    assert len(calls) >= 40 * 2  # the critic's and the actor's (and, for the actor loss, critic 0's input gradient)
+    monkeypatch.setattr(MLPBackprop, "usable", lambda self: False)
+    torch.manual_seed(5)
+    calls.clear()
+    theirs = [reference.update() for _ in range(40)]
+    assert not calls
+    for a, b in zip(ours, theirs):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    for name, module in agent.modules().items():
+        for (key, mine), other in zip(module.state_dict().items(), reference.modules()[name].state_dict().values()):
+            assert torch.equal(mine, other), f"{name}.{key}"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rlrun.algos.protocol import AgentContext
+from rlrun.backprop import MLPBackprop
 from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.cudagraph import GraphedUpdate, check_cuda_graphs
 from rlrun.envs import EnvRunner
@@ -28,14 +29,17 @@ from rlrun.networks import bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
+    CriticsBackprop,
     DeterministicActor,
     NoiseType,
     actor_backward,
     add_noise,
     check_common,
     collect,
+    deterministic_actor_step,
     gradient_steps_per_phase,
     make_noise,
+    mean_grad,
     random_actions,
 )
 
@@ -117,6 +121,7 @@ class TD3Agent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), CriticsBackprop(self.critic, n_obs)
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
@@ -168,19 +173,30 @@ class TD3Agent:
                                                    cfg.noise_clip)
             targets = td3_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
                                  cfg.gamma)
-        with bf16_autocast(self.device, cfg.bf16):
-            q_values = self.critic(batch.obs, batch.actions)
-        critic_loss = (q_values - targets).square().mean(dim=1).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        # The gradients written out, without autograd, where that gives the same ones bit for bit (fp32 on a
+        # CPU, rlrun/backprop.py; bench/results.md, session 28).
+        written_out = not cfg.bf16 and self.critic_backprop.usable() and self.actor_backprop.usable()
+        if written_out:
+            q_values = self.critic_backprop.forward(batch.obs, batch.actions)
+            self.critic_backprop.backward((q_values - targets).mul_(2.0 * mean_grad(q_values.shape[1])))
+            critic_loss = (q_values - targets).square().mean(dim=1).sum()
+        else:
+            with bf16_autocast(self.device, cfg.bf16):
+                q_values = self.critic(batch.obs, batch.actions)
+            critic_loss = (q_values - targets).square().mean(dim=1).sum()
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
         self.critic_optimizer.step()
         self.n_updates += 1
 
         if self.n_updates % cfg.policy_delay == 0:
-            with bf16_autocast(self.device, cfg.bf16):
-                actor_loss = -self.critic(batch.obs, self.actor(batch.obs), first=1).mean()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_backward(actor_loss, self.actor)
+            if written_out:
+                actor_loss = deterministic_actor_step(self.actor_backprop, self.critic_backprop, batch.obs)
+            else:
+                with bf16_autocast(self.device, cfg.bf16):
+                    actor_loss = -self.critic(batch.obs, self.actor(batch.obs), first=1).mean()
+                self.actor_optimizer.zero_grad(set_to_none=True)
+                actor_backward(actor_loss, self.actor)
             self.actor_optimizer.step()
             polyak_update(self.critic_target, self.critic, cfg.tau)
             polyak_update(self.actor_target, self.actor, cfg.tau)
