@@ -387,10 +387,11 @@ def test_agent_random_stream_is_not_env_zeros(algo):
     assert not np.allclose(draws[0], np.random.default_rng(3).random(8))
 
 
-@pytest.mark.parametrize("algo", ["ddpg", "td3"])
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
 def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo):
-    """The fp32 CPU update takes its gradients from rlrun/backprop.py instead of autograd: after 40 updates
-    (TD3's delayed actor and its target noise included) every network's weights must be autograd's, bit for bit."""
+    """The fp32 CPU update takes the MLPs' gradients from rlrun/backprop.py instead of autograd: after 40
+    updates (TD3's delayed actor and target noise, SAC's sampled actions, temperature and twin-critic minimum
+    included) every network's weights must be autograd's, bit for bit."""
     import copy
 
     from rlrun.backprop import MLPBackprop

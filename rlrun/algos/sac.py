@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rlrun.algos.protocol import AgentContext
+from rlrun.backprop import MLPBackprop
 from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.config import NetworkConfig
 from rlrun.cudagraph import GraphedUpdate, check_cuda_graphs
@@ -33,10 +34,12 @@ from rlrun.networks import MLP, bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
+    CriticsBackprop,
     actor_backward,
     check_common,
     collect,
     gradient_steps_per_phase,
+    mean_grad,
     random_actions,
 )
 
@@ -126,12 +129,22 @@ class SquashedGaussianActor(MLP):
         super().__init__(n_obs, 2 * n_act, net)
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = super().forward(obs).chunk(2, dim=-1)
+        return self.split(super().forward(obs))
+
+    @staticmethod
+    def split(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP's output as (mean, clamped log σ)."""
+        mean, log_std = output.chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action in the unit box and its log-probability."""
-        mean, log_std = self.distribution(obs)
+        return self.sample_from(super().forward(obs))
+
+    @classmethod
+    def sample_from(cls, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sample`, given the MLP's output."""
+        mean, log_std = cls.split(output)
         u = mean + log_std.exp() * torch.randn_like(mean)
         return torch.tanh(u), squashed_log_prob(u, mean, log_std)
 
@@ -153,6 +166,7 @@ class SACAgent:
         self.actor = SquashedGaussianActor(n_obs, n_act, ctx.network).to(ctx.device)
         self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), CriticsBackprop(self.critic, n_obs)
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=ctx.device, requires_grad=cfg.autotune)
@@ -213,8 +227,16 @@ class SACAgent:
         """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        with bf16_autocast(self.device, cfg.bf16):
-            actions_pi, log_prob_pi = self.actor.sample(batch.obs)
+        # The MLPs' gradients written out, without autograd, where that gives the same ones (fp32 on a CPU,
+        # rlrun/backprop.py; bench/results.md, session 28). Autograd keeps the small graph from the actor's
+        # output to its loss (sampling, squashing, log-probability).
+        written_out = not cfg.bf16 and self.critic_backprop.usable() and self.actor_backprop.usable()
+        if written_out:
+            actor_output = self.actor_backprop.forward(batch.obs).requires_grad_()
+            actions_pi, log_prob_pi = self.actor.sample_from(actor_output)
+        else:
+            with bf16_autocast(self.device, cfg.bf16):
+                actions_pi, log_prob_pi = self.actor.sample(batch.obs)
         alpha = self.log_alpha.detach().exp()
         metrics: dict[str, torch.Tensor] = {}
         if self.alpha_optimizer is not None:
@@ -228,19 +250,34 @@ class SACAgent:
             next_actions, next_log_prob = self.actor.sample(batch.next_obs)
             targets = sac_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
                                  next_log_prob, alpha, cfg.gamma)
-        with bf16_autocast(self.device, cfg.bf16):
-            q_values = self.critic(batch.obs, batch.actions)
-        critic_loss = 0.5 * (q_values - targets).square().mean(dim=1).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        if written_out:
+            q_values = self.critic_backprop.forward(batch.obs, batch.actions)
+            self.critic_backprop.backward((q_values - targets).mul_(mean_grad(q_values.shape[1])))
+            critic_loss = 0.5 * (q_values - targets).square().mean(dim=1).sum()
+        else:
+            with bf16_autocast(self.device, cfg.bf16):
+                q_values = self.critic(batch.obs, batch.actions)
+            critic_loss = 0.5 * (q_values - targets).square().mean(dim=1).sum()
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
         self.critic_optimizer.step()
 
         # The actor is scored by the just-updated critics (as in the paper's and SB3's order).
-        with bf16_autocast(self.device, cfg.bf16):
-            q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
-        actor_loss = (alpha * log_prob_pi - q_pi).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_backward(actor_loss, self.actor)
+        if written_out:
+            q_all = self.critic_backprop.forward(batch.obs, actions_pi.detach())
+            q_pi, chosen = q_all.min(dim=0)
+            # d loss / d q_pi = −1/B, to the critic that gave each minimum (min's backward); on to the actions
+            grad_q = torch.zeros_like(q_all).scatter_(0, chosen.unsqueeze(0), -mean_grad(q_pi.numel()))
+            grad_actions = self.critic_backprop.action_grad(grad_q)
+            actor_loss = (alpha * log_prob_pi - q_pi).mean()  # q_pi holds no graph: its gradient is grad_actions
+            torch.autograd.backward([actor_loss, actions_pi], [None, grad_actions], inputs=[actor_output])
+            self.actor_backprop.backward(actor_output.grad)
+        else:
+            with bf16_autocast(self.device, cfg.bf16):
+                q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
+            actor_loss = (alpha * log_prob_pi - q_pi).mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_backward(actor_loss, self.actor)
         self.actor_optimizer.step()
 
         self.n_updates += 1
