@@ -64,6 +64,7 @@ class MLPBackprop:
         self.layers: list[tuple[nn.Linear, nn.Module | None]] = list(zip(linears, [*activations, None]))
         self.supported = (len(activations) == len(linears) - 1
                           and all(type(m) in ACTIVATION_GRADS for m in activations)
+                          and all(linear.bias is not None for linear in linears)
                           and list(mlp.body) == [m for pair in self.layers[:-1] for m in pair])
         # Listed by `usable()`, not at every `backward`: walking the module tree costs ~15 µs a call.
         self.modules = list(mlp.modules())

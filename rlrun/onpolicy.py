@@ -163,6 +163,10 @@ class CategoricalActor(MLP):
     def dist(self, obs: torch.Tensor) -> CategoricalDist:
         return CategoricalDist(self(obs))
 
+    def dist_from(self, output: torch.Tensor) -> CategoricalDist:
+        """`dist`, given the MLP's output."""
+        return CategoricalDist(output)
+
     def env_action(self, action: torch.Tensor) -> np.ndarray:
         return action.cpu().numpy()
 
@@ -179,6 +183,10 @@ class GaussianActor(MLP):
 
     def dist(self, obs: torch.Tensor) -> DiagGaussianDist:
         return DiagGaussianDist(self(obs), self.log_std)
+
+    def dist_from(self, output: torch.Tensor) -> DiagGaussianDist:
+        """`dist`, given the MLP's output."""
+        return DiagGaussianDist(output, self.log_std)
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
         return np.clip(action.cpu().numpy(), self.low, self.high)

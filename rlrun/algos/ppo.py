@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from rlrun.algos.protocol import AgentContext
+from rlrun.backprop import MLPBackprop
 from rlrun.compiled import compiled
 from rlrun.envs import EnvRunner
 from rlrun.networks import make_adam
 from rlrun.onpolicy import (
+    Distribution,
     OnPolicyCheckpoint,
     PolicyParts,
     check_batch,
@@ -128,6 +130,7 @@ class PPOAgent(OnPolicyCheckpoint):
         self.optimizer = make_adam(self.params, cfg.learning_rate, max_grad_norm=cfg.max_grad_norm, eps=cfg.adam_eps)
         self.n_updates = 0
         self.loss_fn = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
+        self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), MLPBackprop(self.critic)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.parts.act(obs)
@@ -156,6 +159,9 @@ class PPOAgent(OnPolicyCheckpoint):
         # and an annealed one would recompile it every iteration.
         clip_arg = torch.tensor(clip_coef, device=b_obs.device) if cfg.compile else clip_coef
         metrics: dict[str, Any] = {}
+        # The MLPs' gradients written out, without autograd, where that gives the same ones (fp32 on a CPU,
+        # rlrun/backprop.py); autograd keeps the small graph from their outputs to the loss.
+        written_out = not cfg.compile and self.actor_backprop.usable() and self.critic_backprop.usable()
         for _epoch in range(cfg.update_epochs):
             # Shuffle the whole batch once per epoch; minibatches are then contiguous slices (views),
             # which saves six gathers per gradient step.
@@ -169,13 +175,12 @@ class PPOAgent(OnPolicyCheckpoint):
                 mb = slice(start, start + cfg.minibatch_size)
                 # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
                 last = start == starts[-1]
-                loss, pg_loss, v_loss, entropy, kl, clipped = self.loss_fn(
+                step = self.written_out_step if written_out else self.autograd_step
+                pg_loss, v_loss, entropy, kl, clipped = step(
                     e_obs[mb], e_actions[mb], e_logprobs[mb], e_advantages[mb], e_values[mb], e_returns[mb],
                     clip_arg, last)
                 if last:
                     approx_kl, clip_fraction = kl, clipped
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 self.optimizer.step()  # clips to max_grad_norm first
                 self.n_updates += 1
             if cfg.target_kl is not None and approx_kl > cfg.target_kl:
@@ -199,15 +204,45 @@ class PPOAgent(OnPolicyCheckpoint):
                        clip_coef: float | torch.Tensor, diagnostics: bool) -> tuple[torch.Tensor, ...]:
         """The PPO loss of one minibatch and its parts: (loss, policy loss, value loss, entropy, approx KL,
         clip fraction); the last two are None without `diagnostics`."""
+        return self.loss_from(self.actor.dist(obs), self.critic(obs).squeeze(-1), actions, old_logprobs,
+                              advantages, old_values, returns, clip_coef, diagnostics)
+
+    def loss_from(self, dist: Distribution, new_values: torch.Tensor, actions: torch.Tensor,
+                  old_logprobs: torch.Tensor, advantages: torch.Tensor, old_values: torch.Tensor,
+                  returns: torch.Tensor, clip_coef: float | torch.Tensor, diagnostics: bool) -> tuple[torch.Tensor, ...]:
+        """`minibatch_loss`, given the policy's distribution and the critic's values."""
         cfg = self.cfg
-        dist = self.actor.dist(obs)
         pg_loss, kl, clipped = ppo_policy_loss(dist.log_prob(actions), old_logprobs, advantages, clip_coef,
                                                diagnostics=diagnostics)
-        new_values = self.critic(obs).squeeze(-1)
         v_loss = value_loss(new_values, old_values, returns, clip_coef if cfg.clip_vloss else None)
         entropy = dist.entropy().mean()
         loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
         return loss, pg_loss, v_loss, entropy, kl, clipped
+
+    def autograd_step(self, *minibatch: Any) -> tuple[torch.Tensor | None, ...]:
+        """The minibatch's gradients into `.grad` through autograd; its loss parts but the total."""
+        loss, *parts = self.loss_fn(*minibatch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return tuple(parts)
+
+    def written_out_step(self, obs: torch.Tensor, actions: torch.Tensor, *rest: Any) -> tuple[torch.Tensor | None, ...]:
+        """`autograd_step` with the actor's and critic's MLPs differentiated by rlrun/backprop.py: the same
+        gradients, bit for bit, at less cost on a CPU."""
+        output = self.actor_backprop.forward(obs).requires_grad_()
+        values = self.critic_backprop.forward(obs).requires_grad_()
+        loss, *parts = self.loss_from(self.actor.dist_from(output), values.squeeze(-1), actions, *rest)
+        log_std = getattr(self.actor, "log_std", None)  # the Gaussian policy's own parameter, outside the MLP
+        own = [log_std] if log_std is not None and log_std.requires_grad else []
+        grad_output, grad_values, *own_grads = torch.autograd.grad(loss, [output, values, *own])
+        self.actor_backprop.backward(grad_output)
+        self.critic_backprop.backward(grad_values)
+        for param, grad in zip(own, own_grads):
+            if param.grad is None:
+                param.grad = grad
+            else:
+                param.grad.copy_(grad)  # a view of the optimizer's flat gradient
+        return tuple(parts)
 
     # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
