@@ -1,10 +1,10 @@
 """An MLP's forward and backward written out as plain tensor ops: a gradient step without autograd.
 
-On a CPU the networks RL trains are small enough that autograd's bookkeeping costs more than the arithmetic:
-recording the graph in the forward pass, then the engine walking it node by node in the backward pass, each
-node's Python-free but still per-call overhead, and the gradients then copied into the optimizer's flat buffer.
-A DQN gradient step at rl-zoo's LunarLander settings (batch 128, [256, 256] ReLU) took ~1,300 µs through
-autograd against ~620 µs written out (one thread, the same kernels; bench/results.md, session 28).
+On a CPU the networks RL trains are small enough that autograd's bookkeeping is a large part of a gradient step:
+recording the graph in the forward pass, the engine walking it node by node in the backward pass, and the
+gradients then copied into the optimizer's flat buffer. Inside DQN's update at rl-zoo's LunarLander settings
+(batch 128, [256, 256] ReLU; the phase's target pass and sampling included) a gradient step took ~1,245 µs
+written out against ~1,540 µs through autograd, the same kernels on one thread (bench/results.md, session 28).
 
 `MLPBackprop.forward` runs the MLP's layers as `nn.Linear` and the activation modules do, keeping what the
 backward needs; `backward(grad_output)` then writes each trainable parameter's gradient with the same aten
