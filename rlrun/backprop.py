@@ -79,9 +79,8 @@ class MLPBackprop:
         if (module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
                 or module_globals._global_backward_hooks or module_globals._global_backward_pre_hooks):
             return False
-        for m in self.modules:
-            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
-                return False
+        if has_hooks(self.modules):
+            return False
         for p in self.params:
             if not p.is_cpu or p.dtype != torch.float32 or p._backward_hooks or p._post_accumulate_grad_hooks:
                 return False
@@ -141,3 +140,9 @@ class MLPBackprop:
                     grad = torch.mm(grad, weight)
         self._saved = []
         return grad if input_grad else None
+
+
+def has_hooks(modules: list[nn.Module]) -> bool:
+    """Whether any of `modules` has a forward or backward hook of its own (one that autograd's path would run)."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in modules)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlrun.backprop import MLPBackprop
+from rlrun.backprop import MLPBackprop, has_hooks
 from rlrun.buffers import ReplayBuffer
 from rlrun.config import NetworkConfig
 from rlrun.envs import EnvRunner, Step
@@ -95,10 +95,11 @@ class CriticsBackprop:
 
     def __init__(self, critics: Critics, obs_dim: int):
         self.nets = [MLPBackprop(q) for q in critics.q]
+        self.containers = [critics, critics.q]  # the autograd path calls these too: their hooks count
         self.obs_dim = obs_dim
 
     def usable(self) -> bool:
-        return all(net.usable() for net in self.nets)
+        return not has_hooks(self.containers) and all(net.usable() for net in self.nets)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, first: int | None = None) -> torch.Tensor:
         """`Critics.forward`, keeping each critic's activations for one `backward` or `action_grad`."""

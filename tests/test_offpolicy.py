@@ -417,3 +417,20 @@ def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo):
     for name, module in agent.modules().items():
         for (key, mine), other in zip(module.state_dict().items(), reference.modules()[name].state_dict().values()):
             assert torch.equal(mine, other), f"{name}.{key}"
+
+
+def test_written_out_critics_defer_to_autograd_when_the_critics_module_has_a_hook():
+    """A hook on the `Critics` container (not on one of its MLPs) runs on autograd's path only: the written-out
+    path must then stand aside (found by review: a forward hook there was silently skipped)."""
+    from rlrun.offpolicy import CriticsBackprop
+
+    critics = Critics(3, 1, NetworkConfig(hidden=[8]), n=2)
+    written_out = CriticsBackprop(critics, 3)
+    assert written_out.usable()
+    handle = critics.register_forward_hook(lambda module, args, output: output * 0.5)
+    assert not written_out.usable()
+    handle.remove()
+    handle = critics.q.register_forward_pre_hook(lambda module, args: None)
+    assert not written_out.usable()
+    handle.remove()
+    assert written_out.usable()
