@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from rlrun.algos import ALGORITHMS, Agent, check_action_space, check_hyperparameters
+from rlrun.algos.dqn import DQNConfig
 from rlrun.algos.protocol import AgentContext
 from rlrun.checkpoint import (
     CheckpointError,
@@ -215,27 +216,44 @@ RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:", "algo.compile:",
                      "transfer.source:")  # a resumed transfer run rebuilds from its transfer_report.json
 
 
-def check_budget(cfg: Config) -> str | None:
+def check_budget(cfg: Config) -> list[str]:
     """Refuse a run that would train nothing: total_steps at most `learning_starts` (it would end, "completed",
-    before its first gradient step) or `gradient_steps=0`. Returns a warning where total_steps is below one
-    iteration (a rollout, or `train_freq` vector steps), which the algorithm collects whole: total_steps=1 ran PPO's
-    2,048 steps without a word."""
+    before its first gradient step) or `gradient_steps=0`. Returns warnings where total_steps is below one
+    iteration (a rollout, or `train_freq` vector steps), which the algorithm collects whole (total_steps=1 ran PPO's
+    2,048 steps without a word), and where the run ends before a periodic update first happens: TD3's delayed actor
+    and target update, SAC's target update, DQN's target copy."""
     algo = cfg.algo
     learning_starts = getattr(algo, "learning_starts", None)
     if learning_starts is not None and cfg.total_steps <= learning_starts:
         raise ValueError(f"total_steps={cfg.total_steps} ≤ algo.learning_starts={learning_starts}: the run would end "
                          f"before its first gradient step. Give more total_steps, or a smaller algo.learning_starts")
-    if getattr(algo, "gradient_steps", None) == 0:
+    gradient_steps = getattr(algo, "gradient_steps", None)
+    if gradient_steps == 0:
         raise ValueError("algo.gradient_steps=0 trains nothing: give a positive number, or -1 (one per env step "
                          "collected)")
+    notes: list[str] = []
     num_envs = int(getattr(algo, "num_envs", 1))
     per_step = int(getattr(algo, "num_steps", getattr(algo, "train_freq", 1)))
     what = "num_steps" if hasattr(algo, "num_steps") else "train_freq"
     if cfg.total_steps < num_envs * per_step:
-        return (f"total_steps={cfg.total_steps:,} is less than one iteration of {algo.name}, algo.num_envs × "
-                f"algo.{what} = {num_envs} × {per_step} = {num_envs * per_step:,} env steps, which it collects whole: "
-                f"this run takes {num_envs * per_step:,}")
-    return None
+        notes.append(f"total_steps={cfg.total_steps:,} is less than one iteration of {algo.name}, algo.num_envs × "
+                     f"algo.{what} = {num_envs} × {per_step} = {num_envs * per_step:,} env steps, which it collects "
+                     f"whole: this run takes {num_envs * per_step:,}")
+    if isinstance(algo, DQNConfig):  # its target_update_interval counts env steps
+        if cfg.total_steps < algo.target_update_interval:
+            notes.append(f"the target network is updated every algo.target_update_interval="
+                         f"{algo.target_update_interval:,} env steps, but total_steps={cfg.total_steps:,}: it stays "
+                         f"at its initial weights")
+    elif learning_starts is not None and gradient_steps is not None:  # TD3's and SAC's count gradient steps
+        phases = -(-(cfg.total_steps - learning_starts) // (num_envs * per_step))
+        updates = phases * (gradient_steps if gradient_steps > 0 else num_envs * per_step)
+        for key, moves in (("policy_delay", "the actor and the target networks move"),
+                           ("target_update_interval", "the target critics move")):
+            every = getattr(algo, key, None)
+            if every is not None and updates < every:
+                notes.append(f"{moves} once every algo.{key}={every} gradient steps, but this run takes about "
+                             f"{updates:,} (total_steps={cfg.total_steps:,}): they never move")
+    return notes
 
 
 def refuse_to_overwrite(run_dir: Path, continuing: Path | None = None) -> None:
@@ -437,9 +455,10 @@ class Run:
             if self.transfer is not None:
                 self.transfer.load(print_line if cfg.log.progress.value != "none" else None)
 
-        budget_warning = check_budget(cfg)  # after the other checks: theirs say more about a wrong setting
-        if budget_warning is not None and cfg.log.progress.value != "none":
-            print_line(budget_warning)
+        budget_warnings = check_budget(cfg)  # after the other checks: theirs say more about a wrong setting
+        if cfg.log.progress.value != "none":
+            for warning in budget_warnings:
+                print_line(warning)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         csv_length = None

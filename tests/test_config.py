@@ -266,3 +266,23 @@ def test_a_budget_below_one_iteration_says_how_many_steps_the_run_takes(tmp_path
     assert ("total_steps=1 is less than one iteration of ppo, algo.num_envs × algo.num_steps = 2 × 16 = 32 env "
             "steps, which it collects whole: this run takes 32") in capsys.readouterr().out
     assert run.train()["steps_done"] == 32
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["algo=td3", "env=pendulum", "total_steps=103", "algo.learning_starts=100", "algo.policy_delay=5"],
+     "the actor and the target networks move once every algo.policy_delay=5 gradient steps, but this run takes "
+     "about 3 (total_steps=103): they never move"),
+    (["algo=sac", "env=pendulum", "total_steps=110", "algo.learning_starts=100", "algo.target_update_interval=20",
+      "algo.train_freq=2", "algo.gradient_steps=-1"],
+     "the target critics move once every algo.target_update_interval=20 gradient steps, but this run takes about "
+     "10 (total_steps=110): they never move"),
+    (["algo=dqn", "env=cartpole", "total_steps=200", "algo.learning_starts=0", "algo.target_update_interval=250"],
+     "the target network is updated every algo.target_update_interval=250 env steps, but total_steps=200: it "
+     "stays at its initial weights"),
+])
+def test_a_budget_that_ends_before_a_periodic_update_is_warned(overrides, expected):
+    from rlrun.run import check_budget
+
+    assert expected in check_budget(OmegaConf.to_object(compose(overrides)))
+    longer = [o for o in overrides if not o.startswith("total_steps=")] + ["total_steps=100000"]
+    assert check_budget(OmegaConf.to_object(compose(longer))) == []
