@@ -358,3 +358,27 @@ def test_ppo_written_out_training_follows_autograd(monkeypatch, env):
     for name, module in ours.modules().items():
         for (key, mine), other in zip(module.state_dict().items(), theirs.modules()[name].state_dict().values()):
             torch.testing.assert_close(mine, other, rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
+
+
+def test_ppo_policy_loss_grad_follows_autograd_at_ties_and_non_finite_ratios():
+    """Review findings: a ratio a rounding step outside the clip range whose two terms tie takes half the gradient
+    (torch.minimum's backward), and an overflowed ratio or a NaN advantage gives NaN, not a silent 0."""
+    from rlrun.algos.ppo import policy_loss_grad
+
+    old = torch.zeros(6)
+    new = torch.tensor([0.0, 0.1, -0.5, 0.5, 100.0, 0.0])  # ratios 1, 1.105, 0.61, 1.65, inf, 1
+    advantages = torch.tensor([1.0, -2.0, 0.7, 0.3, 1.0, float("nan")])
+    logprob = new.clone().requires_grad_()
+    ppo_policy_loss(logprob, old, advantages, 0.2, diagnostics=False)[0].backward()
+    ours = policy_loss_grad(new, old, advantages, 0.2)
+    torch.testing.assert_close(ours, logprob.grad, equal_nan=True)
+    assert ours[4].isnan() and ours[5].isnan()
+
+    # a tie outside the range: ρ = 0.79999995 (one float step below 1 - clip), where clip(ρ)·A rounds to ρ·A for
+    # A = 1.52 (the old code gave the whole −ρA/n there, autograd half of it)
+    new = torch.tensor([0.79999995]).log()
+    advantages = torch.tensor([1.52])
+    assert new.exp() * advantages == new.exp().clamp(0.8, 1.2) * advantages and new.exp() < 0.8
+    logprob = new.clone().requires_grad_()
+    ppo_policy_loss(logprob, torch.zeros(1), advantages, 0.2, diagnostics=False)[0].backward()
+    torch.testing.assert_close(policy_loss_grad(new, torch.zeros(1), advantages, 0.2), logprob.grad)

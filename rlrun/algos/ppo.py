@@ -118,12 +118,15 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
 
 def policy_loss_grad(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
                      clip_coef: float) -> torch.Tensor:
-    """d ppo_policy_loss / d new_logprob. The minimum picks ρA where ρA ≤ clip(ρ)A, whose derivative is ρA; where
-    the clipped term is smaller, ρ is outside the clip range and the derivative is 0 (inside it the terms are equal)."""
+    """d ppo_policy_loss / d new_logprob, as autograd computes it: torch.minimum passes the gradient to the smaller
+    of ρA and clip(ρ)A (half to each at a tie), ρA's derivative is ρA, and clip(ρ)A's is ρA inside the clip range
+    and 0 outside it. A non-finite ρA gives NaN, as through autograd (a diverging run must not look healthy)."""
     ratio = (new_logprob - old_logprob).exp()
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * advantages
-    return torch.where(unclipped <= clipped, unclipped, 0.0).mul_(-1.0 / new_logprob.numel())
+    in_range = (ratio >= 1.0 - clip_coef) & (ratio <= 1.0 + clip_coef)
+    weight = (unclipped < clipped) + (unclipped == clipped) * (0.5 + 0.5 * in_range)
+    return (unclipped * weight).mul_(-1.0 / new_logprob.numel())
 
 
 def value_loss_grad(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
