@@ -80,9 +80,10 @@ class PPOConfig:
     log_std_init: float = 0.0
     """Initial log-std of the Gaussian policy (continuous actions)."""
     compile: bool = False
-    """Compile the minibatch loss, forward and backward, with torch.compile (rlrun/compiled.py): 28% faster
-    minibatches on a CPU after ~6-8 s of compiling per process; a 1M-step run was 10% shorter, a 150k-step one
-    longer (bench/results.md, session 17)."""
+    """Compile the minibatch loss, forward and backward, with torch.compile (rlrun/compiled.py), through autograd.
+    On a CPU in fp32 the default (gradients written out, rlrun/backprop.py) is now faster: 12,162 against 9,774
+    env steps/s at rl-zoo's settings (bench/results.md, session 28); compiling paid 28% per minibatch against
+    the autograd path (session 17), and remains for a GPU."""
 
 
 def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
