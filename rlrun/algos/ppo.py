@@ -271,7 +271,8 @@ class PPOAgent(OnPolicyCheckpoint):
         return loss, pg_loss, v_loss, entropy, kl, clipped
 
     def autograd_step(self, *minibatch: Any) -> tuple[torch.Tensor | None, ...]:
-        """The minibatch's gradients into `.grad` through autograd; its loss parts but the total."""
+        """The minibatch's gradients into `.grad` through autograd; returns the loss's parts (policy loss, value
+        loss, entropy, approx KL, clip fraction)."""
         loss, *parts = self.loss_fn(*minibatch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
