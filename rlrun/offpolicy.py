@@ -122,6 +122,13 @@ class CriticsBackprop:
         return total
 
 
+def writes_out(bf16: bool, actor: MLPBackprop, critics: CriticsBackprop) -> bool:
+    """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: fp32 (`algo.bf16` runs
+    through autocast) on a CPU, no hooks. Where it does, they are autograd's bit for bit (bench/results.md,
+    session 28)."""
+    return not bf16 and critics.usable() and actor.usable()
+
+
 def mean_grad(n: int) -> float:
     """1/n as autograd's mean backward computes it (a float32 division), for gradients equal to its bit for bit."""
     return float(torch.ones(()) / n)

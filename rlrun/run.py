@@ -35,6 +35,7 @@ from rlrun.evaluation import EvalResult, Evaluator, eval_base_seed
 from rlrun.files import RUNNING_MARKER, RunDirLock, first_line, print_line, remove_stale_temp_files
 from rlrun.logger import EvaluationsCsv, MetricsLogger, Progress
 from rlrun.networks import check_bf16
+from rlrun.offpolicy import gradient_steps_per_phase
 from rlrun.onpolicy import observation_normalizer
 
 
@@ -246,7 +247,7 @@ def check_budget(cfg: Config) -> list[str]:
                          f"at its initial weights")
     elif learning_starts is not None and gradient_steps is not None:  # TD3's and SAC's count gradient steps
         phases = -(-(cfg.total_steps - learning_starts) // (num_envs * per_step))
-        updates = phases * (gradient_steps if gradient_steps > 0 else num_envs * per_step)
+        updates = phases * gradient_steps_per_phase(gradient_steps, per_step, num_envs)
         for key, moves in (("policy_delay", "the actor and the target networks move"),
                            ("target_update_interval", "the target critics move")):
             every = getattr(algo, key, None)

@@ -41,6 +41,7 @@ from rlrun.offpolicy import (
     make_noise,
     mean_grad,
     random_actions,
+    writes_out,
 )
 
 
@@ -147,9 +148,7 @@ class DDPGAgent:
         with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
             next_q = self.critic_target(batch.next_obs, self.actor_target(batch.next_obs))[0]
             targets = ddpg_target(batch.rewards, batch.terminated, next_q, cfg.gamma)
-        # The gradients written out, without autograd, where that gives the same ones bit for bit (fp32 on a
-        # CPU, rlrun/backprop.py; bench/results.md, session 28).
-        written_out = not cfg.bf16 and self.critic_backprop.usable() and self.actor_backprop.usable()
+        written_out = writes_out(cfg.bf16, self.actor_backprop, self.critic_backprop)
         if written_out:
             q_values = self.critic_backprop.forward(batch.obs, batch.actions)[0]
             error = q_values - targets

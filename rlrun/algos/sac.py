@@ -41,6 +41,7 @@ from rlrun.offpolicy import (
     gradient_steps_per_phase,
     mean_grad,
     random_actions,
+    writes_out,
 )
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # keeps σ in a numerically safe range (as SB3 and the reference code)
@@ -230,7 +231,7 @@ class SACAgent:
         # The MLPs' gradients written out, without autograd, where that gives the same ones (fp32 on a CPU,
         # rlrun/backprop.py; bench/results.md, session 28). Autograd keeps the small graph from the actor's
         # output to its loss (sampling, squashing, log-probability).
-        written_out = not cfg.bf16 and self.critic_backprop.usable() and self.actor_backprop.usable()
+        written_out = writes_out(cfg.bf16, self.actor_backprop, self.critic_backprop)
         if written_out:
             actor_output = self.actor_backprop.forward(batch.obs).requires_grad_()
             actions_pi, log_prob_pi = self.actor.sample_from(actor_output)

@@ -41,6 +41,7 @@ from rlrun.offpolicy import (
     make_noise,
     mean_grad,
     random_actions,
+    writes_out,
 )
 
 
@@ -173,9 +174,7 @@ class TD3Agent:
                                                    cfg.noise_clip)
             targets = td3_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
                                  cfg.gamma)
-        # The gradients written out, without autograd, where that gives the same ones bit for bit (fp32 on a
-        # CPU, rlrun/backprop.py; bench/results.md, session 28).
-        written_out = not cfg.bf16 and self.critic_backprop.usable() and self.actor_backprop.usable()
+        written_out = writes_out(cfg.bf16, self.actor_backprop, self.critic_backprop)
         if written_out:
             q_values = self.critic_backprop.forward(batch.obs, batch.actions)
             self.critic_backprop.backward((q_values - targets).mul_(2.0 * mean_grad(q_values.shape[1])))
