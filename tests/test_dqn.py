@@ -256,8 +256,10 @@ def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, double, lo
     backward_calls = []
     real_backward = MLPBackprop.backward
     monkeypatch.setattr(MLPBackprop, "backward", lambda self, g: backward_calls.append(1) or real_backward(self, g))
+    before = [p.clone() for p in agent.q.parameters()]
     ours = [agent.update() for _ in range(5)]
-    assert len(backward_calls) == 20  # 5 phases of 4 gradient steps, none through autograd
+    assert len(backward_calls) == 20
+    assert all(not torch.equal(a, b) for a, b in zip(before, agent.q.parameters()))  # every layer trained  # 5 phases of 4 gradient steps, none through autograd
     monkeypatch.setattr(MLPBackprop, "usable", lambda self: False)
     theirs = [reference.update() for _ in range(5)]
     assert len(backward_calls) == 20

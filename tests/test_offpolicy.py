@@ -400,11 +400,14 @@ def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo):
     while runner.global_step < 64:  # fill the buffer with the random warm-up (no update yet)
         agent.train_iteration(runner)
     reference = copy.deepcopy(agent)
+    before = {name: [t.clone() for t in m.state_dict().values()] for name, m in agent.modules().items()}
     calls = []
     real_backward = MLPBackprop.backward
     monkeypatch.setattr(MLPBackprop, "backward", lambda self, *a, **k: calls.append(1) or real_backward(self, *a, **k))
     torch.manual_seed(5)
     ours = [agent.update() for _ in range(40)]
+    for name in ("actor", "critic"):  # both trained: equal weights below are not two untouched copies
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], agent.modules()[name].state_dict().values()))
     assert len(calls) >= 40 * 2  # the critic's and the actor's (and, for the actor loss, critic 0's input gradient)
     monkeypatch.setattr(MLPBackprop, "usable", lambda self: False)
     torch.manual_seed(5)
