@@ -57,7 +57,7 @@ class MLPBackprop:
     """Forward and backward of one `MLP` without autograd (module docstring). Not thread-safe: `forward` keeps
     the activations that the next `backward` uses."""
 
-    def __init__(self, mlp: MLP):
+    def __init__(self, mlp: MLP, bf16: bool = False):
         self.mlp = mlp
         linears = [m for m in mlp.body if isinstance(m, nn.Linear)] + [mlp.head]
         activations = [m for m in mlp.body if not isinstance(m, nn.Linear)]
@@ -69,7 +69,14 @@ class MLPBackprop:
         # Listed by `usable()`, not at every `backward`: walking the module tree costs ~15 µs a call.
         self.modules = list(mlp.modules())
         self.params = list(mlp.parameters())
-        self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # With `bf16`, the hidden layers compute in bfloat16 and the head in fp32, as `MLP.forward` runs them
+        # under `bf16_autocast` (algo.bf16): per layer, the dtype its input, weight and bias are cast to, or
+        # None for no cast (fp32 throughout).
+        self.casts: list[torch.dtype | None] = (
+            [torch.bfloat16] * (len(self.layers) - 1) + [torch.float32] if bf16 else [None] * len(self.layers))
+        self.bf16 = bf16
+        self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._input_dtype = torch.float32
 
     def usable(self) -> bool:
         """Whether `forward`/`backward` compute what autograd would here, now (module docstring)."""
@@ -89,15 +96,19 @@ class MLPBackprop:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP's output for `x` ([batch, in]), keeping each layer's input, pre-activation and output."""
         saved = self._saved = []
+        self._input_dtype = x.dtype
         with torch.no_grad():
-            for linear, activation in self.layers:
-                pre = F.linear(x, linear.weight, linear.bias)
+            for (linear, activation), cast in zip(self.layers, self.casts):
+                weight, bias = linear.weight, linear.bias
+                if cast is not None:  # autocast's casts to bf16; the head's features.float() (MLP.forward)
+                    x, weight, bias = x.to(cast), weight.to(cast), bias.to(cast)
+                pre = F.linear(x, weight, bias)
                 if activation is None:
-                    saved.append((x, pre, pre))
+                    saved.append((x, pre, pre, weight))
                     return pre
                 keep_pre = type(activation) not in (nn.ReLU, nn.Tanh)  # those two run in place on it
                 out = ACTIVATION_GRADS[type(activation)][0](activation, pre)
-                saved.append((x, pre if keep_pre else out, out))
+                saved.append((x, pre if keep_pre else out, out, weight))
                 x = out
         raise AssertionError("unreachable: the last layer has no activation")
 
@@ -122,24 +133,30 @@ class MLPBackprop:
         with torch.no_grad():
             for k in range(len(layers) - 1, stop - 1, -1):
                 linear, activation = layers[k]
-                x, pre, out = self._saved[k]
+                x, pre, out, weight = self._saved[k]
+                if self.bf16:  # autograd casts a gradient to its tensor's dtype
+                    grad = grad.to(x.dtype)
                 if activation is not None:
                     grad = ACTIVATION_GRADS[type(activation)][1](activation, grad, pre, out)
-                weight, bias = linear.weight, linear.bias
-                if k >= lowest and weight.requires_grad:  # AddmmBackward0's, computed in the weight's layout
-                    if weight.grad is None:
-                        weight.grad = torch.mm(grad.t(), x)
-                    else:  # written into the existing tensor: a view of the optimizer's flat gradient, no copy
-                        torch.mm(grad.t(), x, out=weight.grad)
-                if k >= lowest and bias.requires_grad:
-                    if bias.grad is None:
-                        bias.grad = grad.sum(0)
-                    else:
-                        torch.sum(grad, 0, out=bias.grad)
+                if k >= lowest and linear.weight.requires_grad:  # AddmmBackward0's, computed in the weight's layout
+                    _write_grad(linear.weight, torch.mm, grad.t(), x)
+                if k >= lowest and linear.bias.requires_grad:
+                    _write_grad(linear.bias, torch.sum, grad, 0)
                 if k > stop or input_grad:
                     grad = torch.mm(grad, weight)
         self._saved = []
-        return grad if input_grad else None
+        return grad.to(self._input_dtype) if input_grad else None
+
+
+def _write_grad(param: nn.Parameter, op: Callable[..., torch.Tensor], *args: object) -> None:
+    """param.grad = op(*args), cast to the parameter's dtype (a bf16 layer's gradient, as autocast's cast-back
+    leaves it), written into the existing `.grad` where there is one: a view of the optimizer's flat gradient."""
+    if param.grad is None:
+        param.grad = op(*args).to(param.dtype)
+    elif param.grad.dtype == args[0].dtype:
+        op(*args, out=param.grad)
+    else:
+        param.grad.copy_(op(*args))
 
 
 def has_hooks(modules: list[nn.Module]) -> bool:

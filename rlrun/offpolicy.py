@@ -90,11 +90,11 @@ def actor_backward(loss: torch.Tensor, actor: nn.Module) -> None:
 
 
 class CriticsBackprop:
-    """The critics' forward and backward written out, without autograd (rlrun/backprop.py), for the fp32
-    update on a CPU; the same values and gradients, bit for bit."""
+    """The critics' forward and backward written out, without autograd (rlrun/backprop.py), for the update on a
+    CPU (fp32, or `algo.bf16`'s mixed precision); the same values and gradients, bit for bit."""
 
-    def __init__(self, critics: Critics, obs_dim: int):
-        self.nets = [MLPBackprop(q) for q in critics.q]
+    def __init__(self, critics: Critics, obs_dim: int, bf16: bool = False):
+        self.nets = [MLPBackprop(q, bf16) for q in critics.q]
         self.containers = [critics, critics.q]  # the autograd path calls these too: their hooks count
         self.obs_dim = obs_dim
 
@@ -122,11 +122,11 @@ class CriticsBackprop:
         return total
 
 
-def writes_out(bf16: bool, actor: MLPBackprop, critics: CriticsBackprop) -> bool:
-    """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: fp32 (`algo.bf16` runs
-    through autocast) on a CPU, no hooks. Where it does, they are autograd's bit for bit (bench/results.md,
-    session 28)."""
-    return not bf16 and critics.usable() and actor.usable()
+def writes_out(actor: MLPBackprop, critics: CriticsBackprop) -> bool:
+    """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: on a CPU, no hooks.
+    Where it does, they are autograd's bit for bit, in fp32 and under `algo.bf16`'s autocast alike
+    (bench/results.md, sessions 28 and 29)."""
+    return critics.usable() and actor.usable()
 
 
 def mean_grad(n: int) -> float:

@@ -35,6 +35,36 @@ def test_outputs_and_gradients_are_autograds(activation, hidden):
         assert torch.equal(p.grad, grad), name
 
 
+@pytest.mark.parametrize("activation", list(Activation))
+@pytest.mark.parametrize("existing_grads", [False, True])
+def test_bf16_matches_autocast_bit_for_bit(activation, existing_grads):
+    """With bf16 the hidden layers run in bfloat16 and the head in fp32, as `MLP.forward` under `bf16_autocast`:
+    the output, every parameter's fp32 gradient (written into existing fp32 `.grad` tensors too) and the input's
+    gradient are autocast-and-autograd's, bit for bit."""
+    from rlrun.networks import bf16_autocast
+
+    torch.manual_seed(3)
+    net = MLP(7, 5, NetworkConfig(hidden=[64, 48], activation=activation))
+    x, grad_output = torch.randn(20, 7, requires_grad=True), torch.randn(20, 5)
+    with bf16_autocast(torch.device("cpu"), True):
+        expected_output = net(x)
+    expected_output.backward(grad_output)
+    expected = [p.grad.clone() for p in net.parameters()]
+    held = [torch.full_like(p, 123.0) if existing_grads else None for p in net.parameters()]
+    for p, grad in zip(net.parameters(), held):
+        p.grad = grad
+    backprop = MLPBackprop(net, bf16=True)
+    assert backprop.usable()
+    output = backprop.forward(x.detach())
+    assert output.dtype == torch.float32 and torch.equal(output, expected_output)
+    assert not torch.equal(output, net(x))  # not the fp32 forward: the hidden layers did run in bf16
+    input_grad = backprop.backward(grad_output, input_grad=True)
+    assert input_grad.dtype == torch.float32 and torch.equal(input_grad, x.grad)
+    for (name, p), grad, old in zip(net.named_parameters(), expected, held):
+        assert p.grad.dtype == torch.float32 and torch.equal(p.grad, grad), name
+        assert old is None or p.grad is old
+
+
 def test_existing_gradients_are_overwritten_in_place_not_accumulated():
     """As zero_grad() then backward(): the old values are gone, and the tensors are the same objects (an
     optimizer's flat gradient buffer keeps its views)."""

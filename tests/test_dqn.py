@@ -224,11 +224,13 @@ def test_actions_are_uniformly_random_until_learning_starts():
     envs.close()
 
 
-@pytest.mark.parametrize("double", [False, True])
-@pytest.mark.parametrize("loss", ["huber", "mse"])
-def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, double, loss):
-    """The fp32 CPU update takes its gradients from rlrun/backprop.py instead of autograd: the weights after
-    several phases (Huber's linear part, clipping and Adam's flat buffer included) must be autograd's, bit for bit."""
+@pytest.mark.parametrize("double,loss,bf16", [(False, "huber", False), (True, "huber", False),
+                                              (False, "mse", False), (True, "mse", False),
+                                              (False, "huber", True), (True, "mse", True)])
+def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, double, loss, bf16):
+    """The CPU update takes its gradients from rlrun/backprop.py instead of autograd: the weights after several
+    phases (Huber's linear part, clipping and Adam's flat buffer included) must be autograd's, bit for bit; in
+    fp32, and with algo.bf16 against autocast."""
     import copy
 
     import gymnasium as gym
@@ -247,7 +249,7 @@ def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, double, lo
     ctx = AgentContext(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(3),
                        NetworkConfig(hidden=[32, 32]), torch.device("cpu"), 0, 1000, 1)
     agent = DQNAgent(DQNConfig(batch_size=16, double=double, loss=TDLoss(loss), learning_rate=0.05,
-                               max_grad_norm=1.0), ctx)
+                               max_grad_norm=1.0, bf16=bf16), ctx)
     rng = np.random.default_rng(1)
     for _ in range(100):
         agent.buffer.add(rng.normal(size=(1, 3)), rng.integers(0, 3, 1), 5 * rng.normal(size=1),
@@ -258,8 +260,8 @@ def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, double, lo
     monkeypatch.setattr(MLPBackprop, "backward", lambda self, g: backward_calls.append(1) or real_backward(self, g))
     before = [p.clone() for p in agent.q.parameters()]
     ours = [agent.update() for _ in range(5)]
-    assert len(backward_calls) == 20
-    assert all(not torch.equal(a, b) for a, b in zip(before, agent.q.parameters()))  # every layer trained  # 5 phases of 4 gradient steps, none through autograd
+    assert len(backward_calls) == 20  # 5 phases of 4 gradient steps, none through autograd
+    assert all(not torch.equal(a, b) for a, b in zip(before, agent.q.parameters()))  # every layer trained
     monkeypatch.setattr(MLPBackprop, "usable", lambda self: False)
     theirs = [reference.update() for _ in range(5)]
     assert len(backward_calls) == 20

@@ -387,16 +387,17 @@ def test_agent_random_stream_is_not_env_zeros(algo):
     assert not np.allclose(draws[0], np.random.default_rng(3).random(8))
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
-def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo):
-    """The fp32 CPU update takes the MLPs' gradients from rlrun/backprop.py instead of autograd: after 40
-    updates (TD3's delayed actor and target noise, SAC's sampled actions, temperature and twin-critic minimum
-    included) every network's weights must be autograd's, bit for bit."""
+def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo, bf16):
+    """The CPU update takes the MLPs' gradients from rlrun/backprop.py instead of autograd: after 40 updates
+    (TD3's delayed actor and target noise, SAC's sampled actions, temperature and twin-critic minimum included)
+    every network's weights must be autograd's, bit for bit; in fp32, and with algo.bf16 against autocast."""
     import copy
 
     from rlrun.backprop import MLPBackprop
 
-    runner, agent = pendulum_agent(algo, "[24,40]")
+    runner, agent = pendulum_agent(algo, "[24,40]", *(["algo.bf16=true"] if bf16 else []))
     while runner.global_step < 64:  # fill the buffer with the random warm-up (no update yet)
         agent.train_iteration(runner)
     reference = copy.deepcopy(agent)

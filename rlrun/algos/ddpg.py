@@ -100,7 +100,8 @@ class DDPGAgent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critics(n_obs, n_act, ctx.network, n=1).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), CriticsBackprop(self.critic, n_obs)
+        self.actor_backprop = MLPBackprop(self.actor, cfg.bf16)
+        self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
@@ -148,7 +149,7 @@ class DDPGAgent:
         with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
             next_q = self.critic_target(batch.next_obs, self.actor_target(batch.next_obs))[0]
             targets = ddpg_target(batch.rewards, batch.terminated, next_q, cfg.gamma)
-        written_out = writes_out(cfg.bf16, self.actor_backprop, self.critic_backprop)
+        written_out = writes_out(self.actor_backprop, self.critic_backprop)
         if written_out:
             q_values = self.critic_backprop.forward(batch.obs, batch.actions)[0]
             error = q_values - targets

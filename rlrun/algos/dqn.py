@@ -121,7 +121,7 @@ class DQNAgent:
         self.q_target = copy.deepcopy(self.q)
         self.q_target.requires_grad_(False)
         self.optimizer = make_adam(self.q.parameters(), cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
-        self.backprop = MLPBackprop(self.q)
+        self.backprop = MLPBackprop(self.q, cfg.bf16)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (), torch.int64, ctx.device)
         self.rng = ctx.agent_rng()
         self.num_actions = action_dim(ctx.action_space)
@@ -189,12 +189,13 @@ class DQNAgent:
         # +2.1-3.6% env steps/s at rl-zoo's settings, medians of 6-8 alternations in one process, session 26).
         obs, actions = batches.obs.split(size), batches.actions.unsqueeze(1).split(size)
         step_targets = all_targets.split(size) if all_targets is not None else None
-        # The gradients written out, without autograd, where that gives the same ones bit for bit (fp32 on a
-        # CPU, rlrun/backprop.py): +18% env steps/s at rl-zoo's settings (688 against 581, medians of 4
-        # alternations in one process; bench/results.md, session 28).
-        written_out = not cfg.bf16 and self.backprop.usable()
+        # The gradients written out, without autograd, where that gives the same ones bit for bit (on a CPU, in
+        # fp32 or algo.bf16's mixed precision, rlrun/backprop.py, which casts as autocast does): fp32 +18% env
+        # steps/s at rl-zoo's settings (688 against 581, medians of 4 alternations in one process;
+        # bench/results.md, session 28).
+        written_out = self.backprop.usable()
         for k in range(steps):
-            with bf16_autocast(self.device, cfg.bf16):
+            with bf16_autocast(self.device, cfg.bf16 and not written_out):
                 if step_targets is not None:
                     targets = step_targets[k]
                 else:

@@ -167,7 +167,8 @@ class SACAgent:
         self.actor = SquashedGaussianActor(n_obs, n_act, ctx.network).to(ctx.device)
         self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), CriticsBackprop(self.critic, n_obs)
+        self.actor_backprop = MLPBackprop(self.actor, cfg.bf16)
+        self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=ctx.device, requires_grad=cfg.autotune)
@@ -231,7 +232,7 @@ class SACAgent:
         # The MLPs' gradients written out, without autograd, where that gives the same ones (fp32 on a CPU,
         # rlrun/backprop.py; bench/results.md, session 28). Autograd keeps the small graph from the actor's
         # output to its loss (sampling, squashing, log-probability).
-        written_out = writes_out(cfg.bf16, self.actor_backprop, self.critic_backprop)
+        written_out = writes_out(self.actor_backprop, self.critic_backprop)
         if written_out:
             actor_output = self.actor_backprop.forward(batch.obs).requires_grad_()
             actions_pi, log_prob_pi = self.actor.sample_from(actor_output)

@@ -122,7 +122,8 @@ class TD3Agent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critics(n_obs, n_act, ctx.network, cfg.n_critics).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), CriticsBackprop(self.critic, n_obs)
+        self.actor_backprop = MLPBackprop(self.actor, cfg.bf16)
+        self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
@@ -174,7 +175,7 @@ class TD3Agent:
                                                    cfg.noise_clip)
             targets = td3_target(batch.rewards, batch.terminated, self.critic_target(batch.next_obs, next_actions),
                                  cfg.gamma)
-        written_out = writes_out(cfg.bf16, self.actor_backprop, self.critic_backprop)
+        written_out = writes_out(self.actor_backprop, self.critic_backprop)
         if written_out:
             q_values = self.critic_backprop.forward(batch.obs, batch.actions)
             self.critic_backprop.backward((q_values - targets).mul_(2.0 * mean_grad(q_values.shape[1])))
