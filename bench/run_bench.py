@@ -56,6 +56,7 @@ ZOO: dict[str, tuple] = {
     "vpg": (None, 3 * 4_000, 4_000, ["algo=vpg", "env=lunarlander"]),
     # The same settings with the opt-in bfloat16 update (algo.bf16=true): less precise, so not the default.
     "dqn_bf16": ("zoo_dqn_lunarlander", 4_000, 1_000, ["algo.bf16=true"]),
+    "ddpg_bf16": ("zoo_ddpg_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     "td3_bf16": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     "sac_bf16": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     # The update captured in CUDA graphs (algo.cuda_graphs=true, rlrun/cudagraph.py): --device cuda only.

@@ -1,5 +1,5 @@
-"""PPO's `algo.compile=true` (rlrun/compiled.py): the compiled minibatch loss is the eager one up to float
-rounding, in value and gradient; an annealed clip coefficient does not recompile it; a compiled run resumes
+"""PPO's `algo.compile=true` (rlrun/compiled.py): the compiled minibatch loss (autograd's, on a GPU) and the
+compiled written-out minibatch step (a CPU's) are the eager ones up to float rounding, in value and gradient; an annealed clip coefficient does not recompile it; a compiled run resumes
 bit-identically; and a machine that cannot compile gets one clear error."""
 
 from __future__ import annotations
@@ -67,6 +67,42 @@ def test_compiled_loss_and_gradients_match_eager(env_id):
     eager_loss = other.minibatch_loss(*batch, 0.2, True)[0]
     assert not torch.allclose(eager_loss, agent.minibatch_loss(*batch, 0.2, True)[0])
     torch.testing.assert_close(other.loss_fn(*batch, torch.tensor(0.2), True)[0], eager_loss, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_compiled_written_out_step_matches_eager(env_id):
+    """On a CPU the minibatch step that runs is the written-out one (rlrun/backprop.py): algo.compile compiles
+    that, and its gradients and loss parts are the eager step's up to float rounding, with one compiled version
+    with the diagnostics and one without, whatever the (annealed) clip coefficient."""
+    from torch._dynamo.utils import counters
+
+    env = gym.make(env_id)
+    ctx = AgentContext(env.observation_space, env.action_space, NetworkConfig(hidden=[32, 32], activation="tanh"),
+                       torch.device("cpu"), 0, 10_000, 1)
+    torch.manual_seed(0)
+    agent = PPOAgent(PPOConfig(num_steps=64, ent_coef=0.01, clip_vloss=True, compile=True), ctx)
+    assert agent.actor_backprop.usable() and agent.written_out_fn != agent.written_out_step
+    batch = _minibatch(agent, env.observation_space.shape[0])
+    torch._dynamo.reset()
+    counters.clear()
+    for clip_coef in (0.2, 0.15, 0.1):
+        for diagnostics in (False, True):
+            results = []
+            for step, clip in ((agent.written_out_step, clip_coef), (agent.written_out_fn, torch.tensor(clip_coef))):
+                for p in agent.params:
+                    p.grad = torch.full_like(p, 7.0)  # overwritten, not added to
+                parts = step(*batch, clip, diagnostics)
+                results.append((parts, [p.grad.clone() for p in agent.params]))
+            (eager, eager_grads), (fast, fast_grads) = results
+            assert any(float(g.abs().sum()) > 0 for g in eager_grads) and all((g != 7.0).any() for g in eager_grads)
+            for a, b in zip(eager, fast):
+                if a is None:
+                    assert b is None and not diagnostics
+                else:
+                    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+            for a, b in zip(eager_grads, fast_grads):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 2
 
 

@@ -80,10 +80,10 @@ class PPOConfig:
     log_std_init: float = 0.0
     """Initial log-std of the Gaussian policy (continuous actions)."""
     compile: bool = False
-    """Compile the minibatch loss, forward and backward, with torch.compile (rlrun/compiled.py), through autograd.
-    On a CPU in fp32 the default (gradients written out, rlrun/backprop.py) is now faster: 12,162 against 9,774
-    env steps/s at rl-zoo's settings (bench/results.md, session 28); compiling paid 28% per minibatch against
-    the autograd path (session 17), and remains for a GPU."""
+    """Compile the minibatch step with torch.compile (rlrun/compiled.py). On a CPU that is the written-out step
+    (rlrun/backprop.py), whose element-wise work between the matmuls Inductor fuses: 13,035 against 12,147 env
+    steps/s at rl-zoo's settings (medians of 3, bench/results.md, session 29), after ~25 s of compiling (less
+    from Inductor's cache). On a GPU it is autograd's loss, forward and backward."""
 
 
 def ppo_policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
@@ -179,8 +179,11 @@ class PPOAgent(OnPolicyCheckpoint):
         self.params = [*self.actor.parameters(), *self.critic.parameters()]
         self.optimizer = make_adam(self.params, cfg.learning_rate, max_grad_norm=cfg.max_grad_norm, eps=cfg.adam_eps)
         self.n_updates = 0
-        self.loss_fn = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
         self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), MLPBackprop(self.critic)
+        # algo.compile compiles whichever step runs: the written-out one (a CPU) or autograd's loss (a GPU).
+        self.loss_fn = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
+        self.written_out_fn = (compiled(self.written_out_step, "algo.compile") if cfg.compile
+                               else self.written_out_step)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.parts.act(obs)
@@ -211,8 +214,8 @@ class PPOAgent(OnPolicyCheckpoint):
         metrics: dict[str, Any] = {}
         # The gradients written out, without autograd, where that is possible (fp32 on a CPU, rlrun/backprop.py):
         # autograd's up to float rounding, +32% env steps/s at rl-zoo's settings (9,589 against 7,262, medians of
-        # 3 alternations in one process; bench/results.md, session 28).
-        written_out = not cfg.compile and self.actor_backprop.usable() and self.critic_backprop.usable()
+        # 3 alternations in one process; bench/results.md, session 28). With algo.compile, compiled.
+        written_out = self.actor_backprop.usable() and self.critic_backprop.usable()
         for _epoch in range(cfg.update_epochs):
             # Shuffle the whole batch once per epoch; minibatches are then contiguous slices (views),
             # which saves six gathers per gradient step.
@@ -226,7 +229,7 @@ class PPOAgent(OnPolicyCheckpoint):
                 mb = slice(start, start + cfg.minibatch_size)
                 # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
                 last = start == starts[-1]
-                step = self.written_out_step if written_out else self.autograd_step
+                step = self.written_out_fn if written_out else self.autograd_step
                 pg_loss, v_loss, entropy, kl, clipped = step(
                     e_obs[mb], e_actions[mb], e_logprobs[mb], e_advantages[mb], e_values[mb], e_returns[mb],
                     clip_arg, last)
