@@ -59,6 +59,14 @@ ZOO: dict[str, tuple] = {
     "ddpg_bf16": ("zoo_ddpg_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     "td3_bf16": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
     "sac_bf16": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.bf16=true"]),
+    # The CPU update's written-out gradient steps compiled by torch.compile (algo.compile=true); the warm-up's
+    # first updates, past learning_starts, compile them.
+    "ddpg_compile": ("zoo_ddpg_lunarlander", 1_000, 10_100, ["algo.compile=true"]),
+    "td3_compile": ("zoo_td3_lunarlander", 1_000, 10_100, ["algo.compile=true"]),
+    "sac_compile": ("zoo_sac_lunarlander", 1_000, 10_100, ["algo.compile=true"]),
+    "ddpg_bf16_compile": ("zoo_ddpg_lunarlander", 1_000, 10_100, ["algo.bf16=true", "algo.compile=true"]),
+    "td3_bf16_compile": ("zoo_td3_lunarlander", 1_000, 10_100, ["algo.bf16=true", "algo.compile=true"]),
+    "sac_bf16_compile": ("zoo_sac_lunarlander", 1_000, 10_100, ["algo.bf16=true", "algo.compile=true"]),
     # The update captured in CUDA graphs (algo.cuda_graphs=true, rlrun/cudagraph.py): --device cuda only.
     "td3_graphs": ("zoo_td3_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
     "sac_graphs": ("zoo_sac_lunarlander", 1_000, 10_000, ["algo.cuda_graphs=true"]),
@@ -69,13 +77,13 @@ ZOO: dict[str, tuple] = {
     "dqn_subnormals": ("zoo_dqn_lunarlander", 4_000, 1_000, ["flush_denormals=false"]),
     "td3_subnormals": ("zoo_td3_lunarlander", 1_000, 10_000, ["flush_denormals=false"]),
 }
-VARIANTS = ("_bf16", "_graphs", "_compile", "_subnormals")  # a row's SB3 counterpart is its algorithm without the suffix
+VARIANTS = ("_bf16", "_graphs", "_compile", "_subnormals")  # a row's SB3 counterpart: its algorithm, no suffixes
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
 
 
 def sb3_name(row: str) -> str:
-    for suffix in VARIANTS:
+    for suffix in reversed(VARIANTS):  # td3_bf16_compile → td3
         row = row.removesuffix(suffix)
     return row
 
@@ -313,7 +321,7 @@ def main() -> None:
     bf16_ok = has_native_bf16(torch.device(args.device))
     cuda = args.device == "cuda"
     if args.algos is None:  # *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it), *_graphs CUDA
-        algos = [a for a in ZOO if (bf16_ok or not a.endswith("_bf16")) and (cuda or not a.endswith("_graphs"))
+        algos = [a for a in ZOO if (bf16_ok or "_bf16" not in a) and (cuda or not a.endswith("_graphs"))
                  and not a.endswith("_subnormals")]
     else:
         algos = [a for a in args.algos.split(",") if a]
@@ -330,7 +338,7 @@ def main() -> None:
         parser.error(f"--later {args.later} --window {args.window}: give numbers of env steps >= 0")
     if not cuda and (graphed := [a for a in algos if a.endswith("_graphs")]):
         parser.error(f"--algos {','.join(graphed)}: CUDA graphs need --device cuda")
-    if not bf16_ok and (emulated := [a for a in algos if a.endswith("_bf16")]):
+    if not bf16_ok and (emulated := [a for a in algos if "_bf16" in a]):
         parser.error(f"--algos {','.join(emulated)}: this {args.device} ({machine(args.device)}) has no hardware "
                      f"bfloat16")
     try:

@@ -93,10 +93,12 @@ class MLPBackprop:
                 return False
         return True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The MLP's output for `x` ([batch, in]), keeping each layer's input, pre-activation and output."""
-        saved = self._saved = []
-        self._input_dtype = x.dtype
+    def forward(self, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
+        """The MLP's output for `x` ([batch, in]); with `keep`, keeping each layer's input, pre-activation and
+        output for the next `backward` (without, what an earlier forward kept stays)."""
+        saved = []
+        if keep:
+            self._saved, self._input_dtype = saved, x.dtype
         with torch.no_grad():
             for (linear, activation), cast in zip(self.layers, self.casts):
                 weight, bias = linear.weight, linear.bias

@@ -19,7 +19,9 @@ On a GPU the eager update is launch-bound; `algo.cuda_graphs=true` replays it fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +30,7 @@ from torch import nn
 
 from rlrun.backprop import MLPBackprop, has_hooks
 from rlrun.buffers import ReplayBuffer
+from rlrun.compiled import compiled
 from rlrun.config import NetworkConfig
 from rlrun.envs import EnvRunner, Step
 from rlrun.networks import MLP
@@ -101,11 +104,12 @@ class CriticsBackprop:
     def usable(self) -> bool:
         return not has_hooks(self.containers) and all(net.usable() for net in self.nets)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, first: int | None = None) -> torch.Tensor:
-        """`Critics.forward`, keeping each critic's activations for one `backward` or `action_grad`."""
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, first: int | None = None,
+                keep: bool = True) -> torch.Tensor:
+        """`Critics.forward`; with `keep`, keeping each critic's activations for one `backward` or `action_grad`."""
         x = torch.cat([obs, actions], dim=1)
         nets = self.nets if first is None else self.nets[:first]
-        return torch.stack([net.forward(x).squeeze(-1) for net in nets])
+        return torch.stack([net.forward(x, keep).squeeze(-1) for net in nets])
 
     def backward(self, grad_q: torch.Tensor) -> None:
         """The critics' parameter gradients (into `.grad`, replacing) from d(loss)/dQ, shape [n, batch]."""
@@ -122,16 +126,27 @@ class CriticsBackprop:
         return total
 
 
-def writes_out(actor: MLPBackprop, critics: CriticsBackprop) -> bool:
-    """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: on a CPU, no hooks.
-    Where it does, they are autograd's bit for bit, in fp32 and under `algo.bf16`'s autocast alike
+def writes_out(*nets: MLPBackprop | CriticsBackprop) -> bool:
+    """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: on a CPU, no hooks on
+    `nets`. Where it does, they are autograd's bit for bit, in fp32 and under `algo.bf16`'s autocast alike
     (bench/results.md, sessions 28 and 29)."""
-    return critics.usable() and actor.usable()
+    return all(net.usable() for net in nets)
+
+
+def compiled_if(compile: bool, device: torch.device, step: Callable[..., Any]) -> Callable[..., Any]:
+    """`step` (a written-out gradient step), compiled by torch.compile where `algo.compile` asks for it. Only the
+    CPU update is written out, so the option is refused elsewhere, not ignored."""
+    if not compile:
+        return step
+    if device.type != "cpu":
+        raise ValueError(f"algo.compile=true compiles the CPU update (this run trains on {device.type}); on a GPU "
+                         f"use algo.cuda_graphs=true. A run trained with it resumes here with algo.compile=false")
+    return compiled(step, "algo.compile")
 
 
 def mean_grad(n: int) -> float:
     """1/n as autograd's mean backward computes it (a float32 division), for gradients equal to its bit for bit."""
-    return float(torch.ones(()) / n)
+    return float(np.float32(1.0) / np.float32(n))  # NumPy's float32 division: IEEE's, as torch's; no .item()
 
 
 def deterministic_actor_step(actor: MLPBackprop, critics: CriticsBackprop, obs: torch.Tensor) -> torch.Tensor:

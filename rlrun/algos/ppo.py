@@ -281,34 +281,34 @@ class PPOAgent(OnPolicyCheckpoint):
         loss.backward()
         return tuple(parts)
 
-    @torch.no_grad()
     def written_out_step(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                          advantages: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                          clip_coef: float, diagnostics: bool) -> tuple[torch.Tensor | None, ...]:
         """`autograd_step` without autograd: the loss's gradients at the networks' outputs written out
         (`policy_loss_grad`, `value_loss_grad`, `policy_output_grads`), the networks' by rlrun/backprop.py. The
         loss parts are computed only with `diagnostics` (the epoch's last minibatch, whose values are reported)."""
-        cfg = self.cfg
-        dist = self.actor.dist_from(self.actor_backprop.forward(obs))
-        values = self.critic_backprop.forward(obs).squeeze(-1)
-        new_logprobs = dist.log_prob(actions)
-        logprob_grad = policy_loss_grad(new_logprobs, old_logprobs, advantages, clip_coef)
-        output_grad, log_std_grad = policy_output_grads(dist, actions, logprob_grad, cfg.ent_coef)
-        value_grad = cfg.vf_coef * value_loss_grad(values, old_values, returns,
-                                                   clip_coef if cfg.clip_vloss else None)
-        self.actor_backprop.backward(output_grad)
-        self.critic_backprop.backward(value_grad.unsqueeze(-1))
-        log_std = getattr(self.actor, "log_std", None)  # the Gaussian policy's own parameter, outside the MLP
-        if log_std is not None and log_std.requires_grad:
-            if log_std.grad is None:
-                log_std.grad = log_std_grad
-            else:
-                log_std.grad.copy_(log_std_grad)  # a view of the optimizer's flat gradient
-        if not diagnostics:
-            return None, None, None, None, None
-        _, pg_loss, v_loss, entropy, kl, clipped = self.loss_from(
-            dist, values, actions, old_logprobs, advantages, old_values, returns, clip_coef, True)
-        return pg_loss, v_loss, entropy, kl, clipped
+        with torch.no_grad():  # inside, not a decorator: torch.compile keys its cache on this code
+            cfg = self.cfg
+            dist = self.actor.dist_from(self.actor_backprop.forward(obs))
+            values = self.critic_backprop.forward(obs).squeeze(-1)
+            new_logprobs = dist.log_prob(actions)
+            logprob_grad = policy_loss_grad(new_logprobs, old_logprobs, advantages, clip_coef)
+            output_grad, log_std_grad = policy_output_grads(dist, actions, logprob_grad, cfg.ent_coef)
+            value_grad = cfg.vf_coef * value_loss_grad(values, old_values, returns,
+                                                       clip_coef if cfg.clip_vloss else None)
+            self.actor_backprop.backward(output_grad)
+            self.critic_backprop.backward(value_grad.unsqueeze(-1))
+            log_std = getattr(self.actor, "log_std", None)  # the Gaussian policy's own parameter, outside the MLP
+            if log_std is not None and log_std.requires_grad:
+                if log_std.grad is None:
+                    log_std.grad = log_std_grad
+                else:
+                    log_std.grad.copy_(log_std_grad)  # a view of the optimizer's flat gradient
+            if not diagnostics:
+                return None, None, None, None, None
+            _, pg_loss, v_loss, entropy, kl, clipped = self.loss_from(
+                dist, values, actions, old_logprobs, advantages, old_values, returns, clip_coef, True)
+            return pg_loss, v_loss, entropy, kl, clipped
 
     # -- checkpointing (the rest is OnPolicyCheckpoint) ---------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
