@@ -14,9 +14,13 @@ added, and into the existing `.grad` tensors where there are some (the optimizer
 `FusedAdam`), so nothing is copied. Frozen parameters (`requires_grad=False`, transfer learning) get none, and
 the backward stops below the lowest layer that trains.
 
-`MLPBackprop.usable()` says where it can stand in for autograd: a CPU, fp32 weights, no autocast (`algo.bf16`),
-and no hooks on the modules or parameters (autograd would run them; this does not). Elsewhere the caller uses
-autograd, as before.
+`MLPBackprop(mlp, bf16=True)` stands in for the MLP under `bf16_autocast` (`algo.bf16`): it casts the hidden
+layers' inputs, weights and biases to bfloat16 and keeps the head in fp32, as autocast and `MLP.forward` do, and
+casts each gradient back to its fp32 parameter: autocast-and-autograd's results, bit for bit.
+
+`MLPBackprop.usable()` says where it can stand in for autograd: a CPU, fp32 weights, no autocast active around
+it, and no hooks on the modules or parameters (autograd would run them; this does not). Elsewhere the caller
+uses autograd, as before.
 """
 
 from __future__ import annotations

@@ -6,13 +6,15 @@ are mapped to the env's bounds only when handed to the env, as in Stable-Baselin
 added in unit space: σ = 0.1 means 10 % of the half-range of each action dimension.
 
 Speed (issue 5): with [400, 300] nets the update is ~90 % matmul, so the wins are in doing fewer FLOPs and
-fewer tiny ops: on a CPU in fp32 the networks' gradients are written out without autograd (`CriticsBackprop`,
-rlrun/backprop.py; bit-identical; env steps/s DDPG +11%, TD3 +15%, SAC +3%, session 28), the actor's backward
-skips the critics' weight gradients (`backward(inputs=actor params)`, `action_grad`), Adam uses its fused kernel,
-target updates are one foreach lerp, metrics stay tensors (no `.item()`), the replay buffer samples on the
-training device, and `algo.bf16=true` runs the update matmuls in bfloat16.
-Measured and not used: one batched-matmul module for the twin critics (see `Critics`) and `torch.compile`
-of the critics (CPU inductor: 6.8-7.0 ms vs 6.2-6.6 ms eager per forward + backward, after 55 s compiling).
+fewer tiny ops: on a CPU the networks' gradients are written out without autograd (`CriticsBackprop`,
+rlrun/backprop.py; bit-identical, in fp32 and under `algo.bf16`; env steps/s DDPG +11%, TD3 +15%, SAC +3% in fp32,
+session 28; bf16 TD3 +5%, session 29), the actor's backward skips the critics' weight gradients
+(`backward(inputs=actor params)`, `action_grad`), Adam uses its fused kernel, target updates are one foreach
+lerp, metrics stay tensors (no `.item()`), the replay buffer samples on the training device, `algo.bf16=true`
+runs the update matmuls in bfloat16, and `algo.compile=true` compiles the written-out steps (`compiled_if`;
+bf16 TD3 ~+8%, session 29). Measured and not used: one batched-matmul module for the twin critics (see
+`Critics`) and `torch.compile` of the critics through autograd (CPU inductor: 6.8-7.0 ms vs 6.2-6.6 ms eager per
+forward + backward, after 55 s compiling).
 On a GPU the eager update is launch-bound; `algo.cuda_graphs=true` replays it from CUDA graphs
 (rlrun/cudagraph.py: TD3 3.4 → 0.49 ms per update on an H200).
 """
