@@ -77,6 +77,8 @@ ZOO: dict[str, tuple] = {
     "dqn_subnormals": ("zoo_dqn_lunarlander", 4_000, 1_000, ["flush_denormals=false"]),
     "td3_subnormals": ("zoo_td3_lunarlander", 1_000, 10_000, ["flush_denormals=false"]),
 }
+# DDPG's, TD3's and SAC's algo.compile compiles their written-out CPU update; they refuse it on a GPU.
+CPU_ONLY = {a for a in ZOO if a.endswith("_compile") and not a.startswith("ppo")}
 VARIANTS = ("_bf16", "_graphs", "_compile", "_subnormals")  # a row's SB3 counterpart: its algorithm, no suffixes
 SOLVE = {"ppo": ("lunarlander", 200), "dqn": ("lunarlander", 200), "sac": ("lunarlander_continuous", 200),
          "td3": ("lunarlander_continuous", 200)}
@@ -322,6 +324,7 @@ def main() -> None:
     cuda = args.device == "cuda"
     if args.algos is None:  # *_bf16 rows need hardware bfloat16 (rlrun refuses algo.bf16 without it), *_graphs CUDA
         algos = [a for a in ZOO if (bf16_ok or "_bf16" not in a) and (cuda or not a.endswith("_graphs"))
+                 and not (cuda and a in CPU_ONLY)
                  and not a.endswith("_subnormals")]
     else:
         algos = [a for a in args.algos.split(",") if a]
@@ -336,6 +339,8 @@ def main() -> None:
         parser.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2")
     if args.later < 0 or args.window < 0:
         parser.error(f"--later {args.later} --window {args.window}: give numbers of env steps >= 0")
+    if cuda and (cpu_only := [a for a in algos if a in CPU_ONLY]):
+        parser.error(f"--algos {','.join(cpu_only)}: DDPG's, TD3's and SAC's algo.compile compiles the CPU update")
     if not cuda and (graphed := [a for a in algos if a.endswith("_graphs")]):
         parser.error(f"--algos {','.join(graphed)}: CUDA graphs need --device cuda")
     if not bf16_ok and (emulated := [a for a in algos if "_bf16" in a]):

@@ -98,8 +98,8 @@ class MLPBackprop:
         return True
 
     def forward(self, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
-        """The MLP's output for `x` ([batch, in]); with `keep`, keeping each layer's input, pre-activation and
-        output for the next `backward` (without, what an earlier forward kept stays)."""
+        """The MLP's output for `x` ([batch, in]); with `keep`, keeping each layer's input, pre-activation, output
+        and (cast) weight for the next `backward` (without, what an earlier forward kept stays)."""
         saved = []
         if keep:
             self._saved, self._input_dtype = saved, x.dtype

@@ -388,8 +388,10 @@ def evaluate_checkpoint(path: Path, episodes: int, which: str, seed: int, device
     env.close()
     if cfg.algo.name not in ALGORITHMS:
         raise CheckpointError(f"{ckpt} was written by an unknown algorithm {cfg.algo.name!r}")
-    if getattr(cfg.algo, "cuda_graphs", False):
-        cfg.algo.cuda_graphs = False  # evaluation runs no update: a CUDA-graphs run evaluates on any device
+    # Evaluation runs no update: a run trained with CUDA graphs or a compiled update evaluates on any device.
+    for option in ("cuda_graphs", "compile"):
+        if getattr(cfg.algo, option, False):
+            setattr(cfg.algo, option, False)
     agent = ALGORITHMS[cfg.algo.name].make_agent(cfg.algo, ctx)
     load_model_state(agent, payload["model"])
     obs_norm = observation_normalizer(agent)

@@ -1,4 +1,5 @@
-"""`torch.compile` for the options that ask for it (PPO's `algo.compile`), with a clear error where it fails.
+"""`torch.compile` for the options that ask for it (`algo.compile`: PPO, DDPG, TD3, SAC), with a clear error where
+it fails.
 
 Compiling is lazy: the first call traces the function and compiles it (TorchInductor: fused C++ loops on a
 CPU, which needs a C++ compiler, and Triton kernels on a GPU), later calls run the compiled code. Shapes are
@@ -11,7 +12,7 @@ from its seed, but is not bit-identical to the same run without compiling.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -32,11 +33,31 @@ class CompileError(ValueError):
     machine, so the command line reports it as bad input (one message, exit code 2)."""
 
 
-def compiled(fn: Callable[..., Any], option: str) -> Callable[..., Any]:
-    """`fn` compiled by torch.compile; a compile failure raises CompileError naming `option` (to switch off)."""
+# Compiled versions torch keeps per function before it falls back to running it eagerly (torch's default is 8).
+# Settings read inside a compiled function are compiled in as constants, and a sweep's jobs run one after another
+# in one process (Hydra's basic launcher): each distinct value (gamma, a network size) is one more version.
+RECOMPILE_LIMIT = 64
+
+
+def compiled(fn: Callable[..., Any], option: str, grads_of: Iterable[torch.nn.Parameter] = ()) -> Callable[..., Any]:
+    """`fn` compiled by torch.compile; a compile failure raises CompileError naming `option` (to switch off).
+
+    `grads_of`: parameters whose `.grad` `fn` writes. Each trainable one gets a zero gradient before a call where it
+    has none: torch.compile guards on `.grad is None`, and the optimizer's first step turns None into a tensor,
+    which would compile every function twice (the first update, then the rest).
+    """
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, then the older one
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+            break
     compiled_fn = torch.compile(fn, dynamic=False)
+    params = list(grads_of)
 
     def call(*args: Any) -> Any:
+        for param in params:
+            if param.grad is None and param.requires_grad:
+                param.grad = torch.zeros_like(param)
         try:
             return compiled_fn(*args)
         except COMPILE_FAILURES as exc:

@@ -21,7 +21,8 @@ On a GPU the eager update is launch-bound; `algo.cuda_graphs=true` replays it fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
@@ -128,22 +129,28 @@ class CriticsBackprop:
         return total
 
 
-def writes_out(*nets: MLPBackprop | CriticsBackprop) -> bool:
+def writes_out(*nets: MLPBackprop | CriticsBackprop, compile: bool = False) -> bool:
     """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: on a CPU, no hooks on
     `nets`. Where it does, they are autograd's bit for bit, in fp32 and under `algo.bf16`'s autocast alike
-    (bench/results.md, sessions 28 and 29)."""
-    return all(net.usable() for net in nets)
+    (bench/results.md, sessions 28 and 29). Where it does not, `algo.compile` (which compiles the written-out
+    steps) has nothing to compile: a warning says so."""
+    usable = all(net.usable() for net in nets)
+    if compile and not usable:
+        warnings.warn("algo.compile=true: a hook on a network (or its parameters) sends this update through "
+                      "autograd, which runs uncompiled", stacklevel=2)
+    return usable
 
 
-def compiled_if(compile: bool, device: torch.device, step: Callable[..., Any]) -> Callable[..., Any]:
-    """`step` (a written-out gradient step), compiled by torch.compile where `algo.compile` asks for it. Only the
-    CPU update is written out, so the option is refused elsewhere, not ignored."""
+def compiled_if(compile: bool, device: torch.device, step: Callable[..., Any],
+                grads_of: Iterable[nn.Parameter]) -> Callable[..., Any]:
+    """`step` (a written-out gradient step, writing the `.grad` of `grads_of`), compiled by torch.compile where
+    `algo.compile` asks for it. Only the CPU update is written out, so the option is refused elsewhere."""
     if not compile:
         return step
     if device.type != "cpu":
         raise ValueError(f"algo.compile=true compiles the CPU update (this run trains on {device.type}); on a GPU "
                          f"use algo.cuda_graphs=true. A run trained with it resumes here with algo.compile=false")
-    return compiled(step, "algo.compile")
+    return compiled(step, "algo.compile", grads_of)
 
 
 def mean_grad(n: int) -> float:

@@ -212,7 +212,7 @@ def check_not_a_transfer_run(checkpoint: Path) -> None:
 
 
 # A resume re-homes the replay buffer (ReplayBuffer.load_arrays); the CUDA-graph update is the same update, and
-# a compiled PPO loss (algo.compile) the same loss up to float rounding.
+# a compiled one (algo.compile) the same update up to float rounding.
 RESUME_MAY_CHANGE = ("algo.buffer_size:", "algo.cuda_graphs:", "algo.compile:",
                      "transfer.source:")  # a resumed transfer run rebuilds from its transfer_report.json
 

@@ -156,18 +156,32 @@ def test_no_compiler_is_a_clear_error(tmp_path):
     assert summary["status"] == "failed" and "CompileError" in summary["error"]
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
-def test_compiled_offpolicy_steps_match_eager(algo):
-    """DDPG, TD3 and SAC with algo.compile=true: their CPU update's written-out steps, compiled, give the eager
-    steps' gradients and losses up to float rounding, one compiled version each, and the update runs them."""
+def test_compiled_offpolicy_steps_match_eager(algo, bf16):
+    """DDPG, TD3 and SAC with algo.compile=true (fp32, and bf16): the update runs their written-out steps compiled,
+    once each from the first update on (the gradients exist before the first call: no second version once the
+    optimizer has made them), and the compiled steps give the eager steps' gradients and losses up to float
+    rounding."""
     from test_offpolicy import pendulum_agent
     from torch._dynamo.utils import counters
 
     from rlrun.algos.td3 import smoothing_noise
 
-    runner, agent = pendulum_agent(algo, "[24,40]", "algo.compile=true")
+    runner, agent = pendulum_agent(algo, "[24,40]", "algo.compile=true", *(["algo.bf16=true"] if bf16 else []))
     while runner.global_step < 64:  # the random warm-up fills the buffer
         agent.train_iteration(runner)
+    steps = ["critic_step"] if algo == "sac" else ["critic_step", "actor_step"]  # SAC's actor step keeps autograd
+    torch._dynamo.reset()
+    counters.clear()
+    assert all(p.grad is None for p in [*agent.critic.parameters(), *agent.actor.parameters()])
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    for _ in range(4):  # TD3's actor step runs every second update
+        metrics = agent.update()
+    assert counters["stats"]["unique_graphs"] == len(steps)
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters()))
+
     batch = agent.buffer.sample(16, agent.rng)
     fields = (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated)
     if algo == "ddpg":
@@ -176,16 +190,13 @@ def test_compiled_offpolicy_steps_match_eager(algo):
         critic_args = (*fields, smoothing_noise(batch.actions, 0.2, 0.5))
     else:
         critic_args = (*fields, torch.randn_like(batch.actions), agent.log_alpha.detach().exp())
-    steps = [("critic_step", critic_args, agent.critic)]
-    if algo != "sac":  # SAC's actor step keeps autograd for its sampling graph and is not compiled
-        steps.append(("actor_step", (batch.obs,), agent.actor))
-    torch._dynamo.reset()
-    counters.clear()
-    for name, args, module in steps:
+    for name, args, module in [("critic_step", critic_args, agent.critic), ("actor_step", (batch.obs,), agent.actor)]:
+        if name not in steps:
+            continue
         results = []
         for step in (getattr(agent, f"written_out_{name}"), getattr(agent, name)):
             for p in module.parameters():
-                p.grad = torch.full_like(p, 7.0)  # overwritten, not added to
+                p.grad.fill_(7.0)  # overwritten, not added to
             out = step(*args)
             results.append((out, [p.grad.clone() for p in module.parameters()]))
         (eager, eager_grads), (fast, fast_grads) = results
@@ -193,13 +204,7 @@ def test_compiled_offpolicy_steps_match_eager(algo):
         torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-6)
         for a, b in zip(eager_grads, fast_grads):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
-    assert counters["stats"]["unique_graphs"] == len(steps)
-    before = [p.detach().clone() for p in agent.critic.parameters()]
-    for _ in range(4):
-        metrics = agent.update()
-    assert counters["stats"]["unique_graphs"] == len(steps)  # the update ran the same compiled code
-    assert all(torch.isfinite(v).all() for v in metrics.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters()))
+    assert counters["stats"]["unique_graphs"] == len(steps)  # the same compiled code, called directly
 
 
 def test_offpolicy_compile_is_refused_off_the_cpu():
@@ -208,6 +213,17 @@ def test_offpolicy_compile_is_refused_off_the_cpu():
     def step():
         return None
 
-    assert compiled_if(False, torch.device("cuda"), step) is step
+    assert compiled_if(False, torch.device("cuda"), step, []) is step
     with pytest.raises(ValueError, match="algo.compile=true compiles the CPU update .*algo.cuda_graphs=true"):
-        compiled_if(True, torch.device("cuda"), step)
+        compiled_if(True, torch.device("cuda"), step, [])
+
+
+def test_offpolicy_compile_warns_where_a_hook_sends_the_update_through_autograd():
+    from test_offpolicy import pendulum_agent
+
+    runner, agent = pendulum_agent("td3", "[16,16]", "algo.compile=true")
+    while runner.global_step < 64:
+        agent.train_iteration(runner)
+    agent.critic.q[0].register_forward_hook(lambda module, inputs, output: None)
+    with pytest.warns(UserWarning, match="algo.compile=true: a hook on a network .* runs uncompiled"):
+        agent.update()

@@ -79,7 +79,8 @@ class DDPGConfig:
     noise_dt: float = 1e-2
     """OU time step dt (noise=ou only)."""
     bf16: bool = False
-    """Update matmuls in bfloat16 (torch.autocast): faster on AVX512-BF16/AMX CPUs, less precise; off = fp32."""
+    """Update matmuls in bfloat16, as torch.autocast runs them (on a CPU written out, rlrun/backprop.py): faster on
+    AVX512-BF16/AMX CPUs, less precise; off = fp32."""
     cuda_graphs: bool = False
     """Capture the update in CUDA graphs and replay it (device=cuda only; 7-8x faster updates on an H200)."""
     compile: bool = False
@@ -108,8 +109,10 @@ class DDPGAgent:
         self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
         self.targets_backprop = MLPBackprop(self.actor_target, cfg.bf16), CriticsBackprop(self.critic_target, n_obs,
                                                                                          cfg.bf16)
-        self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step)
-        self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step)
+        self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step,
+                                       self.critic.parameters())
+        self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step,
+                                      self.actor.parameters())
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
@@ -154,7 +157,8 @@ class DDPGAgent:
         """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        written_out = writes_out(self.actor_backprop, self.critic_backprop, *self.targets_backprop)
+        written_out = writes_out(self.actor_backprop, self.critic_backprop, *self.targets_backprop,
+                                 compile=cfg.compile)
         if written_out:
             critic_loss, q_values = self.critic_step(batch.obs, batch.actions, batch.rewards, batch.next_obs,
                                                      batch.terminated)

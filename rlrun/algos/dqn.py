@@ -71,7 +71,8 @@ class DQNConfig:
     max_grad_norm: float = 10.0
     """Gradient-norm clip; 0 disables."""
     bf16: bool = False
-    """Update matmuls in bfloat16 (torch.autocast): faster on AVX512-BF16/AMX CPUs, less precise; off = fp32."""
+    """Update matmuls in bfloat16, as torch.autocast runs them (on a CPU written out, rlrun/backprop.py): faster on
+    AVX512-BF16/AMX CPUs, less precise; off = fp32."""
 
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_values: torch.Tensor,

@@ -182,7 +182,7 @@ class PPOAgent(OnPolicyCheckpoint):
         self.actor_backprop, self.critic_backprop = MLPBackprop(self.actor), MLPBackprop(self.critic)
         # algo.compile compiles whichever step runs: the written-out one (a CPU) or autograd's loss (a GPU).
         self.loss_fn = compiled(self.minibatch_loss, "algo.compile") if cfg.compile else self.minibatch_loss
-        self.written_out_fn = (compiled(self.written_out_step, "algo.compile") if cfg.compile
+        self.written_out_fn = (compiled(self.written_out_step, "algo.compile", self.params) if cfg.compile
                                else self.written_out_step)
 
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -92,7 +92,8 @@ class SACConfig:
     n_critics: int = 2
     """Critics whose minimum is used (2 = clipped double Q)."""
     bf16: bool = False
-    """Update matmuls in bfloat16 (torch.autocast): faster on AVX512-BF16/AMX CPUs, less precise; off = fp32."""
+    """Update matmuls in bfloat16, as torch.autocast runs them (on a CPU written out, rlrun/backprop.py): faster on
+    AVX512-BF16/AMX CPUs, less precise; off = fp32."""
     cuda_graphs: bool = False
     """Capture the update in CUDA graphs and replay it (device=cuda only; 7-8x faster updates on an H200)."""
     compile: bool = False
@@ -175,7 +176,8 @@ class SACAgent:
         self.actor_backprop = MLPBackprop(self.actor, cfg.bf16)
         self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
         self.target_backprop = CriticsBackprop(self.critic_target, n_obs, cfg.bf16)
-        self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step)
+        self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step,
+                                       self.critic.parameters())
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=ctx.device, requires_grad=cfg.autotune)
@@ -236,10 +238,11 @@ class SACAgent:
         """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        # The MLPs' gradients written out, without autograd, where that gives the same ones (fp32 on a CPU,
-        # rlrun/backprop.py; bench/results.md, session 28). Autograd keeps the small graph from the actor's
-        # output to its loss (sampling, squashing, log-probability).
-        written_out = writes_out(self.actor_backprop, self.critic_backprop, self.target_backprop)
+        # The MLPs' gradients written out, without autograd, where that gives the same ones (a CPU, fp32 or
+        # algo.bf16; rlrun/backprop.py; bench/results.md, sessions 28-29). Autograd keeps the small graph from the
+        # actor's output to its loss (sampling, squashing, log-probability).
+        written_out = writes_out(self.actor_backprop, self.critic_backprop, self.target_backprop,
+                                 compile=cfg.compile)
         if written_out:
             actor_output = self.actor_backprop.forward(batch.obs).requires_grad_()
             actions_pi, log_prob_pi = self.actor.sample_from(actor_output)

@@ -87,7 +87,8 @@ class TD3Config:
     n_critics: int = 2
     """Critics whose minimum forms the target (2 = clipped double Q)."""
     bf16: bool = False
-    """Update matmuls in bfloat16 (torch.autocast): faster on AVX512-BF16/AMX CPUs, less precise; off = fp32."""
+    """Update matmuls in bfloat16, as torch.autocast runs them (on a CPU written out, rlrun/backprop.py): faster on
+    AVX512-BF16/AMX CPUs, less precise; off = fp32."""
     cuda_graphs: bool = False
     """Capture the update in CUDA graphs and replay it (device=cuda only; 7-8x faster updates on an H200)."""
     compile: bool = False
@@ -139,8 +140,10 @@ class TD3Agent:
         self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
         self.targets_backprop = MLPBackprop(self.actor_target, cfg.bf16), CriticsBackprop(self.critic_target, n_obs,
                                                                                          cfg.bf16)
-        self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step)
-        self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step)
+        self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step,
+                                       self.critic.parameters())
+        self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step,
+                                      self.actor.parameters())
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
@@ -188,7 +191,8 @@ class TD3Agent:
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
         noise = smoothing_noise(batch.actions, cfg.target_noise, cfg.noise_clip)
-        written_out = writes_out(self.actor_backprop, self.critic_backprop, *self.targets_backprop)
+        written_out = writes_out(self.actor_backprop, self.critic_backprop, *self.targets_backprop,
+                                 compile=cfg.compile)
         if written_out:
             critic_loss, q_values = self.critic_step(batch.obs, batch.actions, batch.rewards, batch.next_obs,
                                                      batch.terminated, noise)
