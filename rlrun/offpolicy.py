@@ -129,6 +129,15 @@ class CriticsBackprop:
         return total
 
 
+def actor_critic_backprop(actor: nn.Module, critics: Critics, actor_target: nn.Module, critic_target: Critics,
+                          obs_dim: int, bf16: bool
+                          ) -> tuple[MLPBackprop, CriticsBackprop, tuple[MLPBackprop, CriticsBackprop]]:
+    """The written-out forward and backward of a deterministic actor-critic (DDPG, TD3): the actor's, the
+    critics' and, for the target pass, the target networks'."""
+    return (MLPBackprop(actor, bf16), CriticsBackprop(critics, obs_dim, bf16),
+            (MLPBackprop(actor_target, bf16), CriticsBackprop(critic_target, obs_dim, bf16)))
+
+
 def writes_out(*nets: MLPBackprop | CriticsBackprop, compile: bool = False) -> bool:
     """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: on a CPU, no hooks on
     `nets`. Where it does, they are autograd's bit for bit, in fp32 and under `algo.bf16`'s autocast alike

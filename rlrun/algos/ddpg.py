@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from rlrun.algos.protocol import AgentContext
-from rlrun.backprop import MLPBackprop
 from rlrun.buffers import Batch, ReplayBuffer
 from rlrun.cudagraph import GraphedUpdate, check_cuda_graphs
 from rlrun.envs import EnvRunner
@@ -29,10 +28,10 @@ from rlrun.networks import bf16_autocast, make_adam, obs_dim, polyak_update
 from rlrun.offpolicy import (
     ActionScaler,
     Critics,
-    CriticsBackprop,
     DeterministicActor,
     NoiseType,
     actor_backward,
+    actor_critic_backprop,
     add_noise,
     check_common,
     collect,
@@ -105,10 +104,8 @@ class DDPGAgent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critics(n_obs, n_act, ctx.network, n=1).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_backprop = MLPBackprop(self.actor, cfg.bf16)
-        self.critic_backprop = CriticsBackprop(self.critic, n_obs, cfg.bf16)
-        self.targets_backprop = MLPBackprop(self.actor_target, cfg.bf16), CriticsBackprop(self.critic_target, n_obs,
-                                                                                         cfg.bf16)
+        self.actor_backprop, self.critic_backprop, self.targets_backprop = actor_critic_backprop(
+            self.actor, self.critic, self.actor_target, self.critic_target, n_obs, cfg.bf16)
         self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step,
                                        self.critic.parameters())
         self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step,
