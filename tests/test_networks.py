@@ -123,9 +123,15 @@ def test_fused_adam_with_parameter_groups_of_their_own_learning_rates():
     ours = FusedAdam(groups(ours_net), lr=1e-3)
     reference = torch.optim.Adam(groups(torch_net), lr=1e-3, fused=True)
     batches = [torch.randn(32, 8) for _ in range(6)]
+    start = [p.detach().clone() for p in ours_net.parameters()]
     train_steps(ours_net, ours, batches)
     train_steps(torch_net, reference, batches)
-    assert all(torch.equal(p, q) for p, q in zip(ours_net.parameters(), torch_net.parameters()))
+    # torch's Adam up to the last bits: on an AMD EPYC (Zen 4) the flat kernel rounded a few elements differently
+    # from the per-tensor one (at most 1.5e-8 after 6 steps, session 29; bit-identical on the Intel Xeon of
+    # sessions 22-28). A group's learning rate ignored or misapplied would be ~1e-4 to 1e-2 per step away.
+    for p, q, p0 in zip(ours_net.parameters(), torch_net.parameters(), start):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+        assert (p - p0).abs().max() > 1e-5  # every group moved, by far more than the tolerance
 
 
 def test_fused_adam_keeps_torch_step_hooks_and_zero_grad_modes():
