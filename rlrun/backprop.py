@@ -78,7 +78,6 @@ class MLPBackprop:
         # None for no cast (fp32 throughout).
         self.casts: list[torch.dtype | None] = (
             [torch.bfloat16] * (len(self.layers) - 1) + [torch.float32] if bf16 else [None] * len(self.layers))
-        self.bf16 = bf16
         self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._input_dtype = torch.float32
 
@@ -140,7 +139,7 @@ class MLPBackprop:
             for k in range(len(layers) - 1, stop - 1, -1):
                 linear, activation = layers[k]
                 x, pre, out, weight = self._saved[k]
-                if self.bf16:  # autograd casts a gradient to its tensor's dtype
+                if self.casts[k] is not None:  # autograd casts a gradient to its tensor's dtype
                     grad = grad.to(x.dtype)
                 if activation is not None:
                     grad = ACTIVATION_GRADS[type(activation)][1](activation, grad, pre, out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -130,12 +131,17 @@ class CriticsBackprop:
 
 
 def actor_critic_backprop(actor: nn.Module, critics: Critics, actor_target: nn.Module, critic_target: Critics,
-                          obs_dim: int, bf16: bool
-                          ) -> tuple[MLPBackprop, CriticsBackprop, tuple[MLPBackprop, CriticsBackprop]]:
+                          obs_dim: int, bf16: bool, compile: bool, device: torch.device
+                          ) -> tuple[MLPBackprop, CriticsBackprop, tuple[MLPBackprop, CriticsBackprop],
+                                     Callable[[torch.Tensor], torch.Tensor]]:
     """The written-out forward and backward of a deterministic actor-critic (DDPG, TD3): the actor's, the
-    critics' and, for the target pass, the target networks'."""
-    return (MLPBackprop(actor, bf16), CriticsBackprop(critics, obs_dim, bf16),
-            (MLPBackprop(actor_target, bf16), CriticsBackprop(critic_target, obs_dim, bf16)))
+    critics', the target networks' (for the target pass), and its actor step (`deterministic_actor_step` on
+    them, compiled where `algo.compile` asks for it)."""
+    actor_backprop, critics_backprop = MLPBackprop(actor, bf16), CriticsBackprop(critics, obs_dim, bf16)
+    actor_step = compiled_if(compile, device, partial(deterministic_actor_step, actor_backprop, critics_backprop),
+                             actor.parameters())
+    return (actor_backprop, critics_backprop,
+            (MLPBackprop(actor_target, bf16), CriticsBackprop(critic_target, obs_dim, bf16)), actor_step)
 
 
 def writes_out(*nets: MLPBackprop | CriticsBackprop, compile: bool = False) -> bool:
@@ -170,11 +176,12 @@ def mean_grad(n: int) -> float:
 def deterministic_actor_step(actor: MLPBackprop, critics: CriticsBackprop, obs: torch.Tensor) -> torch.Tensor:
     """The DDPG/TD3 actor loss −mean Q_1(s, tanh(μ(s))), its gradients written into the actor's `.grad` (those
     of `actor_backward`; the critics' `.grad` untouched); returns the loss."""
-    actions = actor.forward(obs).tanh()  # DeterministicActor: tanh of the MLP
-    q = critics.forward(obs, actions, first=1)
-    grad_actions = critics.action_grad(torch.full_like(q, -mean_grad(q.numel())))
-    actor.backward(torch.ops.aten.tanh_backward(grad_actions, actions))
-    return -q.mean()
+    with torch.no_grad():  # inside, not a decorator: torch.compile keys its cache on this code
+        actions = actor.forward(obs).tanh()  # DeterministicActor: tanh of the MLP
+        q = critics.forward(obs, actions, first=1)
+        grad_actions = critics.action_grad(torch.full_like(q, -mean_grad(q.numel())))
+        actor.backward(torch.ops.aten.tanh_backward(grad_actions, actions))
+        return -q.mean()
 
 
 class GaussianNoise:

@@ -5,6 +5,8 @@ compiled run resumes bit-identically; and a machine that cannot compile gets one
 
 from __future__ import annotations
 
+from functools import partial
+
 import gymnasium as gym
 import pytest
 import torch
@@ -108,6 +110,27 @@ def test_compiled_written_out_step_matches_eager(env_id):
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_compiled_ppo_step_compiles_once_from_no_gradients():
+    """A fresh agent has no `.grad`, and the optimizer's first step gives it one (views of its flat gradient):
+    the compiled step must not compile a second version for that (`compiled`'s `grads_of`)."""
+    from torch._dynamo.utils import counters
+
+    env = gym.make("CartPole-v1")
+    ctx = AgentContext(env.observation_space, env.action_space, NetworkConfig(hidden=[32, 32], activation="tanh"),
+                       torch.device("cpu"), 0, 10_000, 1)
+    agent = PPOAgent(PPOConfig(num_steps=64, compile=True), ctx)
+    batch = _minibatch(agent, env.observation_space.shape[0])
+    assert all(p.grad is None for p in agent.params)
+    torch._dynamo.reset()
+    counters.clear()
+    before = [p.detach().clone() for p in agent.params]
+    for _ in range(3):
+        agent.written_out_fn(*batch, torch.tensor(0.2), False)
+        agent.optimizer.step()
+    assert counters["stats"]["unique_graphs"] == 1
+    assert all(not torch.equal(a, b) for a, b in zip(before, agent.params))
+
+
 @pytest.mark.parametrize("algo", ["ppo", "td3"])
 def test_compiled_run_resumes_bit_identically(tmp_path, algo):
     """A run with algo.compile=true from the command line: the compiled code ran (the same seed without compiling
@@ -157,6 +180,7 @@ def test_compiled_offpolicy_steps_match_eager(algo, bf16):
     from torch._dynamo.utils import counters
 
     from rlrun.algos.td3 import smoothing_noise
+    from rlrun.offpolicy import deterministic_actor_step
 
     runner, agent = pendulum_agent(algo, "[24,40]", "algo.compile=true", *(["algo.bf16=true"] if bf16 else []))
     while runner.global_step < 64:  # the random warm-up fills the buffer
@@ -184,7 +208,9 @@ def test_compiled_offpolicy_steps_match_eager(algo, bf16):
         if name not in steps:
             continue
         results = []
-        for step in (getattr(agent, f"written_out_{name}"), getattr(agent, name)):
+        eager = (agent.written_out_critic_step if name == "critic_step"
+                 else partial(deterministic_actor_step, agent.actor_backprop, agent.critic_backprop))
+        for step in (eager, getattr(agent, name)):
             for p in module.parameters():
                 p.grad.fill_(7.0)  # overwritten, not added to
             out = step(*args)

@@ -36,7 +36,6 @@ from rlrun.offpolicy import (
     check_common,
     collect,
     compiled_if,
-    deterministic_actor_step,
     gradient_steps_per_phase,
     make_noise,
     mean_grad,
@@ -104,12 +103,10 @@ class DDPGAgent:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critics(n_obs, n_act, ctx.network, n=1).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_backprop, self.critic_backprop, self.targets_backprop = actor_critic_backprop(
-            self.actor, self.critic, self.actor_target, self.critic_target, n_obs, cfg.bf16)
+        self.actor_backprop, self.critic_backprop, self.targets_backprop, self.actor_step = actor_critic_backprop(
+            self.actor, self.critic, self.actor_target, self.critic_target, n_obs, cfg.bf16, cfg.compile, ctx.device)
         self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step,
                                        self.critic.parameters())
-        self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step,
-                                      self.actor.parameters())
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.buffer = ReplayBuffer(cfg.buffer_size, ctx.observation_space.shape, (n_act,), torch.float32,
@@ -197,10 +194,6 @@ class DDPGAgent:
             error = q_values - targets
             self.critic_backprop.backward(error.mul(2.0 * mean_grad(error.numel())).unsqueeze(0))
             return error.square().mean(), q_values
-
-    def written_out_actor_step(self, obs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # inside, not a decorator: torch.compile keys its cache on this code
-            return deterministic_actor_step(self.actor_backprop, self.critic_backprop, obs)
 
     # -- checkpointing -------------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:

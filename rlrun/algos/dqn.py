@@ -201,9 +201,9 @@ class DQNAgent:
                     targets = step_targets[k]
                 else:
                     rows = slice(k * size, (k + 1) * size)
-                    with torch.no_grad():  # written out: the next forward replaces what this one keeps
-                        online = self.backprop.forward if written_out else self.q
-                        online_q_next = online(batches.next_obs[rows])
+                    with torch.no_grad():
+                        next_obs = batches.next_obs[rows]
+                        online_q_next = self.backprop.forward(next_obs, keep=False) if written_out else self.q(next_obs)
                         targets = td_target(batches.rewards[rows], batches.terminated[rows],
                                             next_state_values(all_target_q_next[rows], online_q_next), cfg.gamma)
                 if written_out:
