@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlrun.backprop import MLPBackprop
 from rlrun.config import NetworkConfig
 from rlrun.envs import EnvRunner
 from rlrun.networks import MLP, action_dim, obs_dim, orthogonal_init
@@ -99,6 +102,13 @@ def normalize_per_minibatch(x: torch.Tensor, size: int, eps: float = 1e-8) -> to
 # -- distributions and policy heads ------------------------------------------------------------------------
 
 
+def inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Categorical samples from `probs` [..., K] and uniforms `u` [..., 1]: the index of the first cumulative
+    probability ≥ u. A few small ops, where torch.multinomial costs ~50 µs per call on a (16, 4) batch. The clamp
+    covers a last cumulative probability rounded just below u."""
+    return (u > probs.cumsum(-1)).sum(-1).clamp_max_(probs.shape[-1] - 1)
+
+
 class CategoricalDist:
     """A batch of categorical distributions from logits (lighter than torch.distributions)."""
 
@@ -106,12 +116,8 @@ class CategoricalDist:
         self.log_probs = torch.log_softmax(logits, dim=-1)
 
     def sample(self) -> torch.Tensor:
-        # Inverse-CDF sampling: the index of the first cumulative probability ≥ u. Four small ops, where
-        # torch.multinomial costs ~50 µs per call on a (16, 4) batch. The clamp covers a last cumulative
-        # probability rounded just below u.
-        cdf = self.log_probs.exp().cumsum(-1)
-        u = torch.rand_like(cdf[..., :1])
-        return (u > cdf).sum(-1).clamp_max(cdf.shape[-1] - 1)
+        probs = self.log_probs.exp()
+        return inverse_cdf_sample(probs, torch.rand_like(probs[..., :1]))
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         return self.log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
@@ -167,6 +173,14 @@ class CategoricalActor(MLP):
         """`dist`, given the MLP's output."""
         return CategoricalDist(output)
 
+    def sampling_noise(self, *batch: int) -> torch.Tensor:
+        """The randomness of `batch` samples, drawn at once: a uniform per sample."""
+        return torch.rand((*batch, 1), device=self.head.weight.device)
+
+    def sample_from(self, output: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """`dist_from(output).sample()`, its randomness given (`sampling_noise`), in fewer ops."""
+        return inverse_cdf_sample(torch.softmax(output, -1), noise)
+
     def env_action(self, action: torch.Tensor) -> np.ndarray:
         return action.cpu().numpy()
 
@@ -187,6 +201,14 @@ class GaussianActor(MLP):
     def dist_from(self, output: torch.Tensor) -> DiagGaussianDist:
         """`dist`, given the MLP's output."""
         return DiagGaussianDist(output, self.log_std)
+
+    def sampling_noise(self, *batch: int) -> torch.Tensor:
+        """The randomness of `batch` samples, drawn at once: a standard normal per sample and action dimension."""
+        return torch.randn((*batch, *self.log_std.shape), device=self.log_std.device)
+
+    def sample_from(self, output: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """`dist_from(output).sample()`, its randomness given (`sampling_noise`)."""
+        return output + self.log_std.exp() * noise
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
         return np.clip(action.cpu().numpy(), self.low, self.high)
@@ -353,28 +375,35 @@ def _as_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype = tor
 
 @torch.inference_mode()
 def collect_rollout(runner: EnvRunner, storage: RolloutStorage, actor: Actor, critic: nn.Module | None,
-                    obs_norm: ObsNormalizer, reward_scaler: RewardScaler) -> None:
+                    obs_norm: ObsNormalizer, reward_scaler: RewardScaler,
+                    actor_forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
     """Fill `storage` with `num_steps` vector steps of the current stochastic policy.
 
+    Each step computes only what the envs need: the actor's output (`actor_forward`, the actor by default) and a
+    sample from it, its randomness drawn for the whole rollout at once (`sampling_noise`). The policy does not
+    change during a rollout, so the log-probabilities and values of the stored observations are computed after
+    the loop, in one batched pass each: what the per-step passes would give, up to float rounding, in a fraction
+    of the ops (~45 against ~230 µs per step of PPO's 16 LunarLander envs, measured).
+
     `next_values` are filled for GAE: V of the following observation, V of the true final observation where
-    an episode was truncated, 0 where it terminated. Without a critic all values are 0.
+    an episode was truncated (where it terminated, `compute_gae` masks them out). Without a critic all values
+    are 0.
     """
     device = storage.rewards.device
-    truncated_values: list[tuple[int, np.ndarray, torch.Tensor]] = []
+    forward = actor if actor_forward is None else actor_forward
+    noise = actor.sampling_noise(*storage.rewards.shape)
     # Per-step NumPy results are staged in NumPy and copied to the device once, after the loop.
+    obs_staged = np.empty(storage.obs.shape, dtype=np.float32)
     rewards = np.empty(storage.rewards.shape, dtype=np.float32)
     terminated = np.empty(storage.terminated.shape, dtype=np.float32)
     dones = np.empty(storage.dones.shape, dtype=np.float32)
+    actions = []
+    truncated_obs: list[tuple[int, np.ndarray, np.ndarray]] = []  # (step, envs, their normalised final obs)
     for t in range(storage.num_steps):
         obs_norm.update(runner.obs)
-        obs = _as_tensor(obs_norm(runner.obs), device)
-        dist = actor.dist(obs)
-        action = dist.sample()
-        storage.obs[t] = obs
-        storage.actions[t] = action
-        storage.logprobs[t] = dist.log_prob(action)
-        if critic is not None:
-            storage.values[t] = critic(obs).squeeze(-1)
+        obs_staged[t] = obs_norm(runner.obs)
+        action = actor.sample_from(forward(torch.from_numpy(obs_staged[t]).to(device)), noise[t])
+        actions.append(action)
         step = runner.step(actor.env_action(action))
         rewards[t] = reward_scaler(step.reward, step.done)
         terminated[t] = step.terminated
@@ -382,16 +411,23 @@ def collect_rollout(runner: EnvRunner, storage: RolloutStorage, actor: Actor, cr
         cut = step.truncated & ~step.terminated
         if critic is not None and cut.any():
             index = np.flatnonzero(cut)
-            final_obs = _as_tensor(obs_norm(step.next_obs[index]), device)
-            truncated_values.append((t, index, critic(final_obs).squeeze(-1)))
-    for target, staged in ((storage.rewards, rewards), (storage.terminated, terminated), (storage.dones, dones)):
+            truncated_obs.append((t, index, obs_norm(step.next_obs[index])))
+    for target, staged in ((storage.obs, obs_staged), (storage.rewards, rewards), (storage.terminated, terminated),
+                           (storage.dones, dones)):
         target.copy_(torch.from_numpy(staged))
+    torch.stack(actions, out=storage.actions)
+    flat_obs = storage.obs.flatten(0, 1)
+    storage.logprobs.copy_(actor.dist(flat_obs).log_prob(storage.actions.flatten(0, 1)).view_as(storage.logprobs))
     if critic is None:
         return
+    storage.values.copy_(critic(flat_obs).view_as(storage.values))
     storage.next_values[:-1] = storage.values[1:]
     storage.next_values[-1] = critic(_as_tensor(obs_norm(runner.obs), device)).squeeze(-1)
-    for t, index, values in truncated_values:
-        storage.next_values[t, torch.as_tensor(index, device=device)] = values
+    if truncated_obs:
+        steps = np.concatenate([np.full(len(index), t) for t, index, _ in truncated_obs])
+        envs = np.concatenate([index for _, index, _ in truncated_obs])
+        final_values = critic(_as_tensor(np.concatenate([obs for *_, obs in truncated_obs]), device)).squeeze(-1)
+        storage.next_values[torch.as_tensor(steps, device=device), torch.as_tensor(envs, device=device)] = final_values
 
 
 # -- small helpers shared by the agents --------------------------------------------------------------------
@@ -454,9 +490,13 @@ class PolicyParts:
         self.reward_scaler = RewardScaler(ctx.num_envs, gamma, normalize_reward)
         self.storage = RolloutStorage.allocate(num_steps, ctx.num_envs, obs_space, action_space, ctx.device)
         self.act = Deterministic(self.actor, self.obs_norm, ctx.device)
+        self._acting = MLPBackprop(self.actor)  # its own: the update's keeps its activations between passes
 
     def collect(self, runner: EnvRunner) -> RolloutStorage:
-        collect_rollout(runner, self.storage, self.actor, self.critic, self.obs_norm, self.reward_scaler)
+        # The actor's layers called directly where they compute what the module does (MLPBackprop.usable: a CPU,
+        # no hooks): 18 against 37 µs per step of PPO's 16 envs, measured; the module call elsewhere.
+        forward = partial(self._acting.forward, keep=False) if self._acting.usable() else None
+        collect_rollout(runner, self.storage, self.actor, self.critic, self.obs_norm, self.reward_scaler, forward)
         return self.storage
 
     def modules(self) -> dict[str, nn.Module]:

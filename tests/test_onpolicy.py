@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -14,15 +16,22 @@ from rlrun.algos.a2c import A2CConfig, a2c_loss
 from rlrun.algos.ppo import PPOAgent, PPOConfig, ppo_policy_loss, value_loss
 from rlrun.algos.protocol import AgentContext
 from rlrun.algos.trpo import TRPOAgent, TRPOConfig, conjugate_gradient, line_search, max_step_size
-from rlrun.config import NetworkConfig
+from rlrun.backprop import MLPBackprop
+from rlrun.config import EnvConfig, NetworkConfig
+from rlrun.envs import EnvRunner, make_vec_env
 from rlrun.networks import clip_grad_norm
 from rlrun.onpolicy import (
     CategoricalDist,
     DiagGaussianDist,
+    ObsNormalizer,
     RewardScaler,
+    RolloutStorage,
     RunningMeanStd,
+    collect_rollout,
     compute_gae,
     episode_complete,
+    make_actor,
+    make_critic,
     normalize,
     normalize_per_minibatch,
     reward_to_go,
@@ -382,3 +391,65 @@ def test_ppo_policy_loss_grad_follows_autograd_at_ties_and_non_finite_ratios():
     logprob = new.clone().requires_grad_()
     ppo_policy_loss(logprob, torch.zeros(1), advantages, 0.2, diagnostics=False)[0].backward()
     torch.testing.assert_close(policy_loss_grad(new, torch.zeros(1), advantages, 0.2), logprob.grad)
+
+
+@pytest.mark.parametrize("env_id, limit, num_steps", [("CartPole-v1", 22, 60), ("Pendulum-v1", 6, 20)])
+def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, limit, num_steps):
+    """`collect_rollout` samples each step from the actor's output and computes the log-probs and values in one
+    batched pass afterwards: they must be what per-step passes over the stored observations give, the actions those
+    the envs received, and `next_values` V(s') inside an episode and V(true final obs) at a truncation (a time
+    limit short enough to truncate several episodes; CartPole's falls terminate some)."""
+    torch.manual_seed(0)
+    env_cfg = EnvConfig(id=env_id, max_episode_steps=limit)
+    runner = EnvRunner(make_vec_env(env_cfg, 3), seed=0)
+    space, action_space = runner.single_observation_space, runner.single_action_space
+    net = NetworkConfig(hidden=[16, 16], activation="tanh")
+    actor, critic = make_actor(space, action_space, net), make_critic(space, net)
+    storage = RolloutStorage.allocate(num_steps, 3, space, action_space, torch.device("cpu"))
+    steps = []
+    step_fn = runner.step
+    runner.step = lambda action: steps.append(step_fn(action)) or steps[-1]
+    backprop = MLPBackprop(actor)
+    assert backprop.usable()
+    collect_rollout(runner, storage, actor, critic, ObsNormalizer(space.shape, False), RewardScaler(3, 0.99, False),
+                    partial(backprop.forward, keep=False))
+    with torch.no_grad():
+        for t, step in enumerate(steps):
+            obs = torch.as_tensor(step.obs)
+            torch.testing.assert_close(storage.obs[t], obs)
+            np.testing.assert_array_equal(step.action, actor.env_action(storage.actions[t]))
+            torch.testing.assert_close(storage.logprobs[t], actor.dist(obs).log_prob(storage.actions[t]))
+            torch.testing.assert_close(storage.values[t], critic(obs).squeeze(-1))
+            following = torch.as_tensor(steps[t + 1].obs if t + 1 < len(steps) else runner.obs)
+            expected = torch.where(torch.as_tensor(step.done), critic(torch.as_tensor(step.next_obs)).squeeze(-1),
+                                   critic(following).squeeze(-1))
+            kept = ~torch.as_tensor(step.terminated)  # after a termination GAE's mask ignores next_values
+            torch.testing.assert_close(storage.next_values[t][kept], expected[kept])
+            torch.testing.assert_close(storage.rewards[t], torch.as_tensor(step.reward, dtype=torch.float32))
+            torch.testing.assert_close(storage.dones[t], torch.as_tensor(step.done, dtype=torch.float32))
+    truncations = sum(int((s.truncated & ~s.terminated).sum()) for s in steps)
+    assert len(steps) == num_steps and truncations >= 3
+    if env_id == "CartPole-v1":
+        assert sum(int(s.terminated.sum()) for s in steps) >= 1
+    runner.close()
+
+
+def test_sampling_from_the_actor_output_follows_the_policy():
+    """`sample_from` with `sampling_noise` (the rollout's per-step sampling) draws from `dist_from`'s distribution:
+    categorical frequencies within 4 standard errors; the Gaussian is the mean plus σ times the drawn noise."""
+    torch.manual_seed(0)
+    net = NetworkConfig(hidden=[8], activation="tanh")
+    actor = make_actor(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(4), net)
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0]])
+    n = 40_000
+    logits = probs.clamp_min(1e-30).log()
+    samples = actor.sample_from(logits.expand(n, 3, 4), actor.sampling_noise(n, 3))
+    frequencies = torch.stack([torch.bincount(samples[:, row], minlength=4) for row in range(3)]).float() / n
+    torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0)
+    assert samples[:, 0].eq(1).sum() == 0 and samples[:, 2].eq(3).all()
+
+    gaussian = make_actor(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-2, 2, (3,)), net, log_std_init=-0.5)
+    mean = torch.randn(5, 3)
+    noise = gaussian.sampling_noise(5)
+    assert noise.shape == (5, 3)
+    torch.testing.assert_close(gaussian.sample_from(mean, noise), mean + math.exp(-0.5) * noise)
