@@ -185,7 +185,7 @@ def test_compiled_offpolicy_steps_match_eager(algo, bf16):
     runner, agent = pendulum_agent(algo, "[24,40]", "algo.compile=true", *(["algo.bf16=true"] if bf16 else []))
     while runner.global_step < 64:  # the random warm-up fills the buffer
         agent.train_iteration(runner)
-    steps = ["critic_step"] if algo == "sac" else ["critic_step", "actor_step"]  # SAC's actor step keeps autograd
+    steps = ["critic_step", "actor_step"]
     torch._dynamo.reset()
     counters.clear()
     assert all(p.grad is None for p in [*agent.critic.parameters(), *agent.actor.parameters()])
@@ -204,17 +204,21 @@ def test_compiled_offpolicy_steps_match_eager(algo, bf16):
         critic_args = (*fields, smoothing_noise(batch.actions, 0.2, 0.5))
     else:
         critic_args = (*fields, torch.randn_like(batch.actions), agent.log_alpha.detach().exp())
-    for name, args, module in [("critic_step", critic_args, agent.critic), ("actor_step", (batch.obs,), agent.actor)]:
-        if name not in steps:
-            continue
+    actor_args = (batch.obs, torch.randn_like(batch.actions), agent.log_alpha.detach().exp()) if algo == "sac" \
+        else (batch.obs,)
+    for name, args, module in [("critic_step", critic_args, agent.critic), ("actor_step", actor_args, agent.actor)]:
         results = []
-        eager = (agent.written_out_critic_step if name == "critic_step"
-                 else partial(deterministic_actor_step, agent.actor_backprop, agent.critic_backprop))
+        if name == "critic_step":
+            eager = agent.written_out_critic_step
+        elif algo == "sac":
+            eager = agent.written_out_actor_step
+        else:
+            eager = partial(deterministic_actor_step, agent.actor_backprop, agent.critic_backprop)
         for step in (eager, getattr(agent, name)):
             for p in module.parameters():
                 p.grad.fill_(7.0)  # overwritten, not added to
             out = step(*args)
-            out = out if isinstance(out, tuple) else (out,)  # the actor steps return the loss alone
+            out = out if isinstance(out, tuple) else (out,)  # DDPG's and TD3's actor steps: the loss alone
             results.append((out, [p.grad.clone() for p in module.parameters()]))
         eager_grads = results[0][1]
         assert all((g != 7.0).any() for g in eager_grads) and any(float(g.abs().sum()) > 0 for g in eager_grads)

@@ -97,8 +97,9 @@ class SACConfig:
     cuda_graphs: bool = False
     """Capture the update in CUDA graphs and replay it (device=cuda only; 7-8x faster updates on an H200)."""
     compile: bool = False
-    """Compile the CPU update's written-out critic step with torch.compile (rlrun/compiled.py; device=cpu only):
-    Inductor fuses the element-wise work between the matmuls. Equal to the eager update up to float rounding."""
+    """Compile the CPU update's written-out critic and actor steps with torch.compile (rlrun/compiled.py;
+    device=cpu only): Inductor fuses the element-wise work between the matmuls. Equal to the eager update up to
+    float rounding."""
 
 
 def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -178,6 +179,7 @@ class SACAgent:
         self.target_backprop = CriticsBackprop(self.critic_target, n_obs, cfg.bf16)
         self.critic_step = compiled_if(cfg.compile, ctx.device, self.written_out_critic_step,
                                        self.critic.parameters())
+        self.actor_step = compiled_if(cfg.compile, ctx.device, self.written_out_actor_step, self.actor.parameters())
         self.actor_optimizer = make_adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.critic_lr)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=ctx.device, requires_grad=cfg.autotune)
@@ -235,33 +237,26 @@ class SACAgent:
         return metrics
 
     def update(self, batch: Batch | None = None) -> dict[str, torch.Tensor]:
-        """One gradient step on `batch` (by default a fresh sample from the replay buffer)."""
+        """One gradient step on `batch` (by default a fresh sample from the replay buffer): the critics, then the
+        actor scored by the just-updated critics (the paper's and SB3's order), then the temperature. α is read
+        once, before its own step, and the actor's samples come from the actor before its step, so the
+        temperature's step may come last: the same step as SB3's, which takes it first."""
         cfg = self.cfg
         batch = self.buffer.sample(cfg.batch_size, self.rng) if batch is None else batch
-        # The MLPs' gradients written out, without autograd, where that gives the same ones (a CPU, fp32 or
-        # algo.bf16; rlrun/backprop.py; bench/results.md, sessions 28-29). Autograd keeps the small graph from the
-        # actor's output to its loss (sampling, squashing, log-probability).
-        written_out = writes_out(self.actor_backprop, self.critic_backprop, self.target_backprop,
-                                 compile=cfg.compile)
-        if written_out:
-            actor_output = self.actor_backprop.forward(batch.obs).requires_grad_()
-            actions_pi, log_prob_pi = self.actor.sample_from(actor_output)
+        alpha = self.log_alpha.detach().exp()
+        # The gradients written out, without autograd, where that gives the same ones (a CPU, fp32 or algo.bf16;
+        # rlrun/backprop.py; bench/results.md, sessions 28-30), and compiled with algo.compile.
+        if writes_out(self.actor_backprop, self.critic_backprop, self.target_backprop, compile=cfg.compile):
+            # The normal draws of the actor's samples, then the targets' (autograd's order below)
+            eps_pi = torch.randn(batch.actions.shape, device=self.device)
+            eps_next = torch.randn_like(eps_pi)
+            critic_loss, q_values = self.critic_step(batch.obs, batch.actions, batch.rewards, batch.next_obs,
+                                                     batch.terminated, eps_next, alpha)
+            self.critic_optimizer.step()
+            actor_loss, log_prob_pi = self.actor_step(batch.obs, eps_pi, alpha)
         else:
             with bf16_autocast(self.device, cfg.bf16):
                 actions_pi, log_prob_pi = self.actor.sample(batch.obs)
-        alpha = self.log_alpha.detach().exp()
-        metrics: dict[str, torch.Tensor] = {}
-        if self.alpha_optimizer is not None:
-            alpha_loss = temperature_loss(self.log_alpha, log_prob_pi, self.target_entropy)
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
-            metrics["losses/alpha_loss"] = alpha_loss.detach()
-
-        if written_out:
-            critic_loss, q_values = self.critic_step(batch.obs, batch.actions, batch.rewards, batch.next_obs,
-                                                     batch.terminated, torch.randn_like(actions_pi), alpha)
-        else:
             with torch.no_grad(), bf16_autocast(self.device, cfg.bf16):
                 next_actions, next_log_prob = self.actor.sample(batch.next_obs)
                 targets = sac_target(batch.rewards, batch.terminated,
@@ -271,19 +266,7 @@ class SACAgent:
             critic_loss = 0.5 * (q_values - targets).square().mean(dim=1).sum()
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
-        self.critic_optimizer.step()
-
-        # The actor is scored by the just-updated critics (as in the paper's and SB3's order).
-        if written_out:
-            q_all = self.critic_backprop.forward(batch.obs, actions_pi.detach())
-            q_pi, chosen = q_all.min(dim=0)
-            # d loss / d q_pi = −1/B, to the critic that gave each minimum (min's backward); on to the actions
-            grad_q = torch.zeros_like(q_all).scatter_(0, chosen.unsqueeze(0), -mean_grad(q_pi.numel()))
-            grad_actions = self.critic_backprop.action_grad(grad_q)
-            actor_loss = (alpha * log_prob_pi - q_pi).mean()  # q_pi holds no graph: its gradient is grad_actions
-            torch.autograd.backward([actor_loss, actions_pi], [None, grad_actions], inputs=[actor_output])
-            self.actor_backprop.backward(actor_output.grad)
-        else:
+            self.critic_optimizer.step()
             with bf16_autocast(self.device, cfg.bf16):
                 q_pi = self.critic(batch.obs, actions_pi).min(dim=0).values
             actor_loss = (alpha * log_prob_pi - q_pi).mean()
@@ -291,6 +274,13 @@ class SACAgent:
             actor_backward(actor_loss, self.actor)
         self.actor_optimizer.step()
 
+        metrics: dict[str, torch.Tensor] = {}
+        if self.alpha_optimizer is not None:
+            alpha_loss = temperature_loss(self.log_alpha, log_prob_pi, self.target_entropy)
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            metrics["losses/alpha_loss"] = alpha_loss.detach()
         self.n_updates += 1
         if self.n_updates % cfg.target_update_interval == 0:
             polyak_update(self.critic_target, self.critic, cfg.tau)
@@ -298,6 +288,33 @@ class SACAgent:
                         "losses/q_values": q_values.detach().mean(), "charts/alpha": alpha,
                         "charts/entropy": -log_prob_pi.detach().mean()})
         return metrics
+
+    def written_out_actor_step(self, obs: torch.Tensor, eps: torch.Tensor,
+                               alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor loss mean(α log π(a|s) − min_i Q_i(s, a)), a = tanh(u), u = μ + σ·eps, its gradients written
+        into the actor's `.grad` (the critics' untouched); returns (actor loss, log π(a|s)).
+
+        At the MLP's output, with g = dL/da from the critics (min's backward to the critic that gave each
+        minimum): dL/dμ = g(1 − a²) + 2wa and dL/d log σ = (dL/dμ)·σ·eps − w where the clamp passes it, w = α/B
+        (d log π/du = 2 tanh u − z/σ and d log π/dμ = z/σ cancel, z = (u − μ)/σ = eps; d log π/d log σ = z² − 1
+        and the chain through u gives −z²). Autograd's, up to float rounding where it cancels those terms."""
+        with torch.no_grad():  # inside, not a decorator: torch.compile keys its cache on this code
+            output = self.actor_backprop.forward(obs)
+            mean, raw_log_std = output.chunk(2, dim=-1)
+            log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+            std = log_std.exp()
+            u = mean + std * eps
+            actions = torch.tanh(u)
+            log_prob = squashed_log_prob(u, mean, log_std)
+            q_all = self.critic_backprop.forward(obs, actions)
+            q_pi, chosen = q_all.min(dim=0)
+            grad_q = torch.zeros_like(q_all).scatter_(0, chosen.unsqueeze(0), -mean_grad(q_pi.numel()))
+            w = alpha * mean_grad(q_pi.numel())
+            mean_grad_out = self.critic_backprop.action_grad(grad_q) * (1.0 - actions.square()) + 2.0 * w * actions
+            in_range = (raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX)  # clamp's backward
+            log_std_grad = (mean_grad_out * std * eps - w) * in_range
+            self.actor_backprop.backward(torch.cat([mean_grad_out, log_std_grad], dim=-1))
+            return (alpha * log_prob - q_pi).mean(), log_prob
 
     def written_out_critic_step(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                                 next_obs: torch.Tensor, terminated: torch.Tensor, eps: torch.Tensor,
