@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +22,7 @@ from rlrun.networks import clip_grad_norm
 from rlrun.onpolicy import (
     CategoricalDist,
     DiagGaussianDist,
+    NumpySampler,
     ObsNormalizer,
     RewardScaler,
     RolloutStorage,
@@ -35,6 +35,7 @@ from rlrun.onpolicy import (
     normalize,
     normalize_per_minibatch,
     reward_to_go,
+    rollout_sampler,
 )
 
 # Two envs, three steps. Env 0 is truncated at t=1 (bootstrap from V(true final obs) = 4.0);
@@ -393,9 +394,10 @@ def test_ppo_policy_loss_grad_follows_autograd_at_ties_and_non_finite_ratios():
     torch.testing.assert_close(policy_loss_grad(new, torch.zeros(1), advantages, 0.2), logprob.grad)
 
 
+@pytest.mark.parametrize("numpy_sampling", [True, False])
 @pytest.mark.parametrize("env_id, limit, num_steps", [("CartPole-v1", 22, 60), ("Pendulum-v1", 6, 20)])
-def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, limit, num_steps):
-    """`collect_rollout` samples each step from the actor's output and computes the log-probs and values in one
+def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, limit, num_steps, numpy_sampling):
+    """`collect_rollout` samples each step (in NumPy, or with torch) and computes the log-probs and values in one
     batched pass afterwards: they must be what per-step passes over the stored observations give, the actions those
     the envs received, and `next_values` V(s') inside an episode and V(true final obs) at a truncation (a time
     limit short enough to truncate several episodes; CartPole's falls terminate some)."""
@@ -410,9 +412,10 @@ def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, l
     step_fn = runner.step
     runner.step = lambda action: steps.append(step_fn(action)) or steps[-1]
     backprop = MLPBackprop(actor)
-    assert backprop.usable()
+    sample = rollout_sampler(actor, num_steps, 3, backprop if numpy_sampling else None)
+    assert isinstance(sample, NumpySampler) == numpy_sampling
     collect_rollout(runner, storage, actor, critic, ObsNormalizer(space.shape, False), RewardScaler(3, 0.99, False),
-                    partial(backprop.forward, keep=False))
+                    sample)
     with torch.no_grad():
         for t, step in enumerate(steps):
             obs = torch.as_tensor(step.obs)
@@ -453,3 +456,31 @@ def test_sampling_from_the_actor_output_follows_the_policy():
     noise = gaussian.sampling_noise(5)
     assert noise.shape == (5, 3)
     torch.testing.assert_close(gaussian.sample_from(mean, noise), mean + math.exp(-0.5) * noise)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("action_space", [gym.spaces.Discrete(5), gym.spaces.Box(-1, 1, (3,))])
+def test_numpy_sampling_draws_what_torch_sampling_draws(activation, action_space):
+    """`NumpySampler` (the rollout's sampling on a CPU) runs the actor's layers and the sampling in NumPy: from the
+    same noise, the actions of torch's `sample_from` on the module's output (the forward pass rounds differently:
+    categorical draws are equal, Gaussian ones to float rounding). Other activations, or a hook, go to torch."""
+    torch.manual_seed(0)
+    net = NetworkConfig(hidden=[32, 16], activation=activation)
+    actor = make_actor(gym.spaces.Box(-5, 5, (6,)), action_space, net, log_std_init=-0.3)
+    with torch.no_grad():
+        actor.head.weight.mul_(300.0)  # spread the policy's probabilities: draws differ where it is wrong
+    obs = torch.randn(200, 8, 6)
+    sampler = rollout_sampler(actor, 200, 8, MLPBackprop(actor))
+    assert isinstance(sampler, NumpySampler)
+    ours = np.stack([sampler(obs[t].numpy(), t) for t in range(200)])
+    with torch.no_grad():
+        theirs = actor.sample_from(actor(obs), torch.from_numpy(sampler.noise)).numpy()
+    if isinstance(action_space, gym.spaces.Discrete):
+        assert ours.dtype == np.int64 and np.array_equal(ours, theirs)
+        assert len(np.unique(ours)) == 5
+    else:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    elu = make_actor(gym.spaces.Box(-5, 5, (6,)), action_space, NetworkConfig(hidden=[8], activation="elu"))
+    assert not isinstance(rollout_sampler(elu, 2, 8, MLPBackprop(elu)), NumpySampler)
+    actor.body[0].register_forward_hook(lambda module, args, output: None)
+    assert not isinstance(rollout_sampler(actor, 2, 8, MLPBackprop(actor)), NumpySampler)
