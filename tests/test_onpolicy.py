@@ -484,3 +484,39 @@ def test_numpy_sampling_draws_what_torch_sampling_draws(activation, action_space
     assert not isinstance(rollout_sampler(elu, 2, 8, MLPBackprop(elu)), NumpySampler)
     actor.body[0].register_forward_hook(lambda module, args, output: None)
     assert not isinstance(rollout_sampler(actor, 2, 8, MLPBackprop(actor)), NumpySampler)
+
+
+@pytest.mark.parametrize("env_id, limit", [("CartPole-v1", 15), ("Pendulum-v1", 7)])
+def test_the_vector_env_steps_as_gymnasiums_sync_vector_env(env_id, limit):
+    """`SameStepSyncVectorEnv` (rlrun's vector env in this process) trims gymnasium's step loop: the same
+    observations, rewards, terminations, truncations and final observations as gymnasium's SyncVectorEnv in its
+    same-step autoreset mode, over episodes that terminate (CartPole) and are truncated (both)."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from rlrun.envs import SameStepSyncVectorEnv, make_env
+
+    env_cfg = EnvConfig(id=env_id, max_episode_steps=limit)
+    ours = make_vec_env(env_cfg, 4)
+    theirs = SyncVectorEnv([lambda: make_env(env_cfg) for _ in range(4)], autoreset_mode=AutoresetMode.SAME_STEP)
+    assert isinstance(ours, SameStepSyncVectorEnv)
+    for a, b in zip(ours.reset(seed=[3, 4, 5, 6]), theirs.reset(seed=[3, 4, 5, 6])):
+        np.testing.assert_equal(a, b)
+    ours.action_space.seed(0)
+    ended = {"terminated": 0, "truncated": 0}
+    for _ in range(60):
+        actions = ours.action_space.sample()
+        mine, other = ours.step(actions), theirs.step(actions)
+        for a, b in zip(mine[:4], other[:4]):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+        assert mine[4].keys() == other[4].keys()
+        if "final_obs" in other[4]:
+            np.testing.assert_array_equal(mine[4]["_final_obs"], other[4]["_final_obs"])
+            for i in np.flatnonzero(other[4]["_final_obs"]):
+                np.testing.assert_array_equal(mine[4]["final_obs"][i], other[4]["final_obs"][i])
+        assert mine[0] is not ours._observations  # a copy: the caller's batch survives the next step
+        ended["terminated"] += int(mine[2].sum())
+        ended["truncated"] += int(mine[3].sum())
+    assert ended["truncated"] > 0 and (ended["terminated"] > 0 or env_id == "Pendulum-v1")
+    ours.close()
+    theirs.close()
