@@ -224,15 +224,15 @@ class PPOAgent(OnPolicyCheckpoint):
             e_advantages, e_returns, e_values = b_advantages[order], b_returns[order], b_values[order]
             if cfg.norm_adv:  # per minibatch, as SB3 and CleanRL do, computed for the whole epoch at once
                 e_advantages = normalize_per_minibatch(e_advantages, cfg.minibatch_size)
-            starts = range(0, self.batch_size, cfg.minibatch_size)
-            for start in starts:
-                mb = slice(start, start + cfg.minibatch_size)
+            # Each minibatch's rows as views made once per epoch: one split per field, not a slice per field and
+            # minibatch (as DQN's phase does).
+            minibatches = list(zip(*(x.split(cfg.minibatch_size) for x in (
+                e_obs, e_actions, e_logprobs, e_advantages, e_values, e_returns))))
+            step = self.written_out_fn if written_out else self.autograd_step
+            for index, minibatch in enumerate(minibatches):
                 # KL and clip fraction only on an epoch's last minibatch (the early stop reads that one).
-                last = start == starts[-1]
-                step = self.written_out_fn if written_out else self.autograd_step
-                pg_loss, v_loss, entropy, kl, clipped = step(
-                    e_obs[mb], e_actions[mb], e_logprobs[mb], e_advantages[mb], e_values[mb], e_returns[mb],
-                    clip_arg, last)
+                last = index == len(minibatches) - 1
+                pg_loss, v_loss, entropy, kl, clipped = step(*minibatch, clip_arg, last)
                 if last:
                     approx_kl, clip_fraction = kl, clipped
                 self.optimizer.step()  # clips to max_grad_norm first
