@@ -7,7 +7,8 @@ added in unit space: σ = 0.1 means 10 % of the half-range of each action dimens
 
 Speed (issue 5): with [400, 300] nets the update is ~90 % matmul, so the wins are in doing fewer FLOPs and
 fewer tiny ops: on a CPU the networks' gradients are written out without autograd (`CriticsBackprop`,
-rlrun/backprop.py; bit-identical, in fp32 and under `algo.bf16`; env steps/s DDPG +11%, TD3 +15%, SAC +3% in fp32,
+rlrun/backprop.py; bit-identical, in fp32 and under `algo.bf16`, except SAC's actor step, whose gradient at the
+actor's output is written in closed form: equal to rounding; env steps/s DDPG +11%, TD3 +15%, SAC +3% in fp32,
 session 28; bf16 TD3 +5%, session 29), the actor's backward skips the critics' weight gradients
 (`backward(inputs=actor params)`, `action_grad`), Adam uses its fused kernel, target updates are one foreach
 lerp, metrics stay tensors (no `.item()`), the replay buffer samples on the training device, `algo.bf16=true`
@@ -147,7 +148,7 @@ def actor_critic_backprop(actor: nn.Module, critics: Critics, actor_target: nn.M
 def writes_out(*nets: MLPBackprop | CriticsBackprop, compile: bool = False) -> bool:
     """Whether the update takes its gradients from rlrun/backprop.py instead of autograd: on a CPU, no hooks on
     `nets`. Where it does, they are autograd's bit for bit, in fp32 and under `algo.bf16`'s autocast alike
-    (bench/results.md, sessions 28 and 29). Where it does not, `algo.compile` (which compiles the written-out
+    (bench/results.md, sessions 28 and 29), except SAC's actor step (to rounding, `written_out_actor_step`). Where it does not, `algo.compile` (which compiles the written-out
     steps) has nothing to compile: a warning says so."""
     usable = all(net.usable() for net in nets)
     if compile and not usable:

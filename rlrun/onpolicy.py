@@ -422,7 +422,7 @@ class NumpySampler:
         x -= x.max(axis=-1, keepdims=True)  # softmax's numerator; the inverse CDF scales u by its total instead
         np.exp(x, out=x)
         cdf = x.cumsum(axis=-1)
-        return np.minimum((self.noise[t] * cdf[:, -1:] > cdf).sum(axis=-1), cdf.shape[-1] - 1)
+        return np.minimum((self.noise[t] * cdf[:, -1:] > cdf).sum(axis=-1, dtype=np.int64), cdf.shape[-1] - 1)
 
 
 def rollout_sampler(actor: Actor, num_steps: int, num_envs: int, backprop: MLPBackprop | None = None) -> Sampler:
@@ -455,7 +455,7 @@ def collect_rollout(runner: EnvRunner, storage: RolloutStorage, actor: Actor, cr
 
     `next_values` are filled for GAE: V of the following observation, V of the true final observation where
     an episode was truncated (where it terminated, `compute_gae` masks them out). Without a critic all values
-    are 0.
+    are 0. (A forward hook on the actor or critic therefore sees the batched calls, not one call per step.)
     """
     device = storage.rewards.device
     sample = rollout_sampler(actor, *storage.rewards.shape) if sample is None else sample

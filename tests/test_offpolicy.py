@@ -393,7 +393,8 @@ def test_agent_random_stream_is_not_env_zeros(algo):
 def test_written_out_gradients_train_exactly_as_autograd(monkeypatch, algo, bf16):
     """The CPU update takes the MLPs' gradients from rlrun/backprop.py instead of autograd: after 40 updates
     (TD3's delayed actor and target noise, SAC's sampled actions, temperature and twin-critic minimum included)
-    every network's weights must be autograd's, bit for bit; in fp32, and with algo.bf16 against autocast."""
+    every network's weights must be autograd's, bit for bit (SAC's to rounding, below); in fp32, and with algo.bf16
+    against autocast."""
     import copy
 
     from rlrun.backprop import MLPBackprop

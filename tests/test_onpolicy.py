@@ -395,7 +395,7 @@ def test_ppo_policy_loss_grad_follows_autograd_at_ties_and_non_finite_ratios():
 
 
 @pytest.mark.parametrize("numpy_sampling", [True, False])
-@pytest.mark.parametrize("env_id, limit, num_steps", [("CartPole-v1", 22, 60), ("Pendulum-v1", 6, 20)])
+@pytest.mark.parametrize("env_id, limit, num_steps", [("CartPole-v1", 22, 60), ("Pendulum-v1", 6, 18)])
 def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, limit, num_steps, numpy_sampling):
     """`collect_rollout` samples each step (in NumPy, or with torch) and computes the log-probs and values in one
     batched pass afterwards: they must be what per-step passes over the stored observations give, the actions those
@@ -412,7 +412,10 @@ def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, l
     step_fn = runner.step
     runner.step = lambda action: steps.append(step_fn(action)) or steps[-1]
     backprop = MLPBackprop(actor)
+    torch.manual_seed(7)
     sample = rollout_sampler(actor, num_steps, 3, backprop if numpy_sampling else None)
+    torch.manual_seed(7)
+    noise = actor.sampling_noise(num_steps, 3)  # the rollout's, drawn again
     assert isinstance(sample, NumpySampler) == numpy_sampling
     collect_rollout(runner, storage, actor, critic, ObsNormalizer(space.shape, False), RewardScaler(3, 0.99, False),
                     sample)
@@ -422,6 +425,11 @@ def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, l
             torch.testing.assert_close(storage.obs[t], obs)
             np.testing.assert_array_equal(step.action, actor.env_action(storage.actions[t]))
             torch.testing.assert_close(storage.logprobs[t], actor.dist(obs).log_prob(storage.actions[t]))
+            sampled = actor.sample_from(actor(obs), noise[t])  # step t's action: from obs[t] and noise[t]
+            if env_id == "CartPole-v1":
+                assert torch.equal(storage.actions[t], sampled)
+            else:
+                torch.testing.assert_close(storage.actions[t], sampled)
             torch.testing.assert_close(storage.values[t], critic(obs).squeeze(-1))
             following = torch.as_tensor(steps[t + 1].obs if t + 1 < len(steps) else runner.obs)
             expected = torch.where(torch.as_tensor(step.done), critic(torch.as_tensor(step.next_obs)).squeeze(-1),
@@ -432,6 +440,8 @@ def test_a_rollout_stores_the_per_step_log_probs_values_and_bootstraps(env_id, l
             torch.testing.assert_close(storage.dones[t], torch.as_tensor(step.done, dtype=torch.float32))
     truncations = sum(int((s.truncated & ~s.terminated).sum()) for s in steps)
     assert len(steps) == num_steps and truncations >= 3
+    if env_id == "Pendulum-v1":  # a truncation at the last step: its value replaces V(next rollout's obs)
+        assert steps[-1].truncated.all()
     if env_id == "CartPole-v1":
         assert sum(int(s.terminated.sum()) for s in steps) >= 1
     runner.close()
@@ -480,8 +490,16 @@ def test_numpy_sampling_draws_what_torch_sampling_draws(activation, action_space
         assert len(np.unique(ours)) == 5
     else:
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    # ELU: torch samples, through the written-out forward
     elu = make_actor(gym.spaces.Box(-5, 5, (6,)), action_space, NetworkConfig(hidden=[8], activation="elu"))
-    assert not isinstance(rollout_sampler(elu, 2, 8, MLPBackprop(elu)), NumpySampler)
+    torch.manual_seed(3)
+    torch_sampler = rollout_sampler(elu, 2, 8, MLPBackprop(elu))
+    assert not isinstance(torch_sampler, NumpySampler)
+    torch.manual_seed(3)
+    noise = elu.sampling_noise(2, 8)
+    with torch.no_grad():
+        for t in range(2):
+            np.testing.assert_array_equal(torch_sampler(obs[t].numpy(), t), elu.sample_from(elu(obs[t]), noise[t]))
     actor.body[0].register_forward_hook(lambda module, args, output: None)
     assert not isinstance(rollout_sampler(actor, 2, 8, MLPBackprop(actor)), NumpySampler)
 

@@ -297,7 +297,9 @@ class SACAgent:
         At the MLP's output, with g = dL/da from the critics (min's backward to the critic that gave each
         minimum): dL/dμ = g(1 − a²) + 2wa and dL/d log σ = (dL/dμ)·σ·eps − w where the clamp passes it, w = α/B
         (d log π/du = 2 tanh u − z/σ and d log π/dμ = z/σ cancel, z = (u − μ)/σ = eps; d log π/d log σ = z² − 1
-        and the chain through u gives −z²). Autograd's, up to float rounding where it cancels those terms."""
+        and the chain through u gives −z²). Autograd's up to float rounding, where autograd cancels those terms in
+        fp32: with σ near its floor (log σ → −20) they are ~ε·e²⁰·α/B each and autograd's dL/dμ loses its digits
+        (found by review, against float64); this closed form keeps them (GPU and hooked runs use autograd)."""
         with torch.no_grad():  # inside, not a decorator: torch.compile keys its cache on this code
             output = self.actor_backprop.forward(obs)
             mean, raw_log_std = output.chunk(2, dim=-1)
@@ -321,7 +323,7 @@ class SACAgent:
                                 alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The critics' gradients into `.grad` without autograd (rlrun/backprop.py): the soft targets, from the
         next actions sampled with the normal draw `eps`, then the squared TD errors' gradients; returns (critic
-        loss, Q values). The actor's forward here keeps nothing: its earlier one is what its backward needs."""
+        loss, Q values). The actor's forward here keeps nothing (`written_out_actor_step` runs its own)."""
         with torch.no_grad():  # inside, not a decorator: torch.compile keys its cache on this code
             next_actions, next_log_prob = self.actor.sample_from(self.actor_backprop.forward(next_obs, keep=False), eps)
             targets = sac_target(rewards, terminated, self.target_backprop.forward(next_obs, next_actions, keep=False),
