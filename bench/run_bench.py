@@ -5,7 +5,8 @@ both libraries (`--threads`, default 1; `--device`, default cpu):
   1. the raw env stepping rate (random actions, one env): the physical limit of one core;
   2. per algorithm, training throughput in env steps/s with evaluation off — for off-policy algorithms the
      training phase only (after `learning_starts`) — for rlrun and, when the `.[bench]` extra is installed,
-     for SB3 at the same settings; each measured `--repeats` times alternately and reported as the median;
+     for SB3 at the same settings; each measured `--repeats` times alternately (rlrun, the row's raw env rate,
+     SB3) and reported as the median; its ratios are the medians of each repeat's ratios;
   3. with `--solve`, time to solve (median of `--seeds`): rlrun with its own presets, from `summary.json`, and
      SB3 at rl-zoo's hyperparameters, evaluated the same way (the larger of the two budgets; `--sb3-solve-timeout`).
 It adds a dated Markdown table to `bench/results.md` (or `--out`), below what the file already holds.
@@ -293,6 +294,18 @@ def solve_row(label: str, results: list[dict]) -> str:
     return f"| {label} | {[r['steps'] for r in results]} | {[r['wall_s'] for r in results]} | {median} |"
 
 
+def paired_medians(ours: list[float], theirs: list[float | None], raws: list[float]
+                   ) -> tuple[float | None, float | None, float]:
+    """From one row's repeats (rlrun's rate, SB3's or None where it did not run, the raw env rate beside them): SB3's
+    median rate, the median of rlrun / SB3 over the repeats SB3 ran in (None without any), and the median of rlrun /
+    raw env. Ratios within a repeat, then their median: not a ratio of medians, which a machine's drift during the
+    bench would skew."""
+    pairs = [(a, b) for a, b in zip(ours, theirs) if b is not None]
+    sb3 = statistics.median(b for _, b in pairs) if pairs else None
+    ratio = statistics.median(a / b for a, b in pairs) if pairs else None
+    return sb3, ratio, statistics.median(a / r for a, r in zip(ours, raws))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", default=None, help=f"from {','.join(ZOO)} (default: all this CPU can run)")
@@ -365,7 +378,8 @@ def main() -> None:
              f"both libraries, "
              f"torch {torch.__version__}, Python {platform.python_version()}; subnormal floats flushed in rlrun's "
              f"runs (its default `flush_denormals=true`; kept in `*_subnormals` rows), {'flushed' if args.sb3_flush_denormals else 'kept'} in "
-             f"SB3's. Medians of {args.repeats} alternating measurements in one process"
+             f"SB3's. Medians of {args.repeats} alternating measurements in one process (the ratios: medians of "
+             f"each repeat's ratio, its raw env rate measured right after rlrun's run)"
              f"{f', each after {args.later:,} env steps more than the usual warm-up' if args.later else ''}"
              f"{f', each over {args.window:,} env steps' if args.window else ''}.", "",
              "| raw env, random actions, one env | steps/s |", "|---|---|"]
@@ -389,21 +403,24 @@ def main() -> None:
         warmup += args.later
         steps = args.window or steps
         extra = rest[0] if rest else []
-        ours, theirs = [], []
+        # Each repeat measures rlrun, the raw env rate, then SB3, one after the other: the ratios are taken within
+        # a repeat and their medians reported, so a machine that speeds up or slows down during the bench (a shared
+        # one does, by 10-20% over minutes) moves both sides of each ratio alike.
+        ours, theirs, raws = [], [], []
         for _ in range(args.repeats):
             rate, env_id = rlrun_throughput(preset, steps, warmup, tmp / f"{algo}", extra, args.threads, args.device)
             ours.append(rate)
+            raws.append(raw_env_rate(env_id))
             if have_sb3:
                 rate = sb3_throughput(sb3_name(algo), steps, warmup, args.device, args.sb3_flush_denormals)
-                if rate is not None:
-                    theirs.append(rate)
-        ours_med = statistics.median(ours)
-        theirs_med = statistics.median(theirs) if theirs else None
-        ratio = f"{ours_med / theirs_med:.2f}×" if theirs_med else "—"
-        sb3_text = f"{theirs_med:,.0f}" if theirs_med else "—"
+                theirs.append(rate)
+        sb3_med, ratio_med, of_raw = paired_medians(ours, theirs, raws)
+        ratio = f"{ratio_med:.2f}×" if ratio_med is not None else "—"
+        sb3_text = f"{sb3_med:,.0f}" if sb3_med is not None else "—"
         label = f"{algo} ({', '.join(filter(None, [preset, ' '.join(extra)]))})"
-        lines.append(f"| {label} | {ours_med:,.0f} | {sb3_text} | {ratio} | {ours_med / raw[env_id]:.1%} |")
-        report(lines, f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs]})")
+        lines.append(f"| {label} | {statistics.median(ours):,.0f} | {sb3_text} | {ratio} | {of_raw:.1%} |")
+        report(lines, f"(rlrun runs: {[round(x) for x in ours]}, SB3 runs: {[round(x) for x in theirs if x]}, "
+                      f"raw env: {[round(x) for x in raws]})")
     if args.solve:
         lines += ["", "| algo, env (rlrun: its preset; SB3: rl-zoo's) | solved at steps per seed | wall s per seed "
                   "| median wall s |", "|---|---|---|---|"]

@@ -33,6 +33,21 @@ def test_bench_writes_the_raw_env_table_below_earlier_ones(tmp_path):
         assert all(int(rate.replace(",", "")) > 0 for rate in rates)
 
 
+def test_bench_ratios_are_medians_of_each_repeats_ratio():
+    """A row's ratios pair each repeat's rlrun rate with the SB3 and raw env rates measured beside it (the ratio
+    of the medians, 110 / 60 here, would pair rates from different repeats)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from run_bench import paired_medians
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    ours, theirs, raws = [200.0, 110.0, 100.0], [100.0, 50.0, 60.0], [400.0, 220.0, 250.0]
+    assert paired_medians(ours, theirs, raws) == (60.0, 2.0, 0.5)
+    # a repeat SB3 did not run in is left out of its figures, not of rlrun's
+    assert paired_medians(ours, [None, 50.0, None], raws) == (50.0, 2.2, 0.5)
+    assert paired_medians([90.0, 120.0, 100.0], [None] * 3, [300.0, 200.0, 400.0]) == (None, None, 0.3)
+
+
 def test_bench_refuses_bad_arguments_before_measuring(tmp_path):
     out = tmp_path / "results.md"
     for args, message in [(["--algos", "dqn,nope"], "--algos: unknown ['nope']"),
