@@ -5,11 +5,14 @@ Compiling is lazy: the first call traces the function and compiles it (TorchIndu
 CPU, which needs a C++ compiler, and Triton kernels on a GPU), later calls run the compiled code. Shapes are
 static (`dynamic=False`): a minibatch of another size, or another value of a bool argument, compiles one more
 version. Python floats would be baked in as constants, so a value that changes between calls (an annealed
-coefficient) must be passed as a tensor. `cpp_wrapper=True` asks Inductor for a C++ wrapper (the code that calls
-the kernels, in C++ instead of Python): it pays where a graph is many small kernels (PPO's minibatch step on a CPU:
-+12% env steps/s), and costs ~20 s more of compiling the first time (Inductor caches it). Compiled code fuses the element-wise work between the matrix
+coefficient) must be passed as a tensor. Compiled code fuses the element-wise work between the matrix
 multiplies, so its results differ from eager execution by float rounding: a compiled run is reproducible
 from its seed, but is not bit-identical to the same run without compiling.
+
+`cpp_wrapper=True` asks Inductor for its C++ wrapper: the code that allocates the buffers and calls the kernels, in
+C++ instead of Python. The kernels are the same (PPO's weights hash the same after 32,768 env steps either way); it
+pays where a graph is many small kernels (PPO's minibatch step on a CPU: +12% env steps/s, bench/results.md, session
+31) and costs ~20 s more of compiling the first time a machine compiles the graph (Inductor caches it).
 """
 
 from __future__ import annotations
