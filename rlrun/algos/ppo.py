@@ -83,7 +83,7 @@ class PPOConfig:
     """Compile the minibatch step with torch.compile (rlrun/compiled.py). On a CPU that is the written-out step
     (rlrun/backprop.py), whose element-wise work between the matmuls Inductor fuses: 13,035 against 12,147 env
     steps/s at rl-zoo's settings (medians of 3, bench/results.md, session 29), after ~25 s of compiling (less
-    from Inductor's cache); since session 31 called from Inductor's C++ wrapper (+12% env steps/s more, ~20 s
+    from Inductor's cache); since session 31 called from Inductor's C++ wrapper (+12% env steps/s, ~20 s
     more compiling the first time on a machine). On a GPU it is autograd's loss, forward and backward."""
 
 
